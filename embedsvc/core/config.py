@@ -1,0 +1,93 @@
+"""One typed settings object: the only place that reads the environment.
+
+Every variable is prefixed ``EMBEDSVC_`` except the two Milvus ones, which keep the names the Milvus
+ecosystem uses (``MILVUS_URI``, ``MILVUS_TOKEN``). A ``.env`` file in the working directory is read too.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODELS = ("gresnet50", "convnext_tiny", "deit3_small")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EMBEDSVC_", env_file=".env", env_ignore_empty=True, extra="ignore"
+    )
+
+    # --- storage -------------------------------------------------------------------------------
+    data_dir: Path = Field(default=Path("data"), description="Milvus Lite file, thumbnails, reports.")
+    milvus_uri: str = Field(
+        default="",
+        validation_alias=AliasChoices("MILVUS_URI", "EMBEDSVC_MILVUS_URI"),
+        description="Empty: a Milvus Lite file under data_dir. Or http://host:19530 for a server.",
+    )
+    milvus_token: str = Field(default="", validation_alias=AliasChoices("MILVUS_TOKEN", "EMBEDSVC_MILVUS_TOKEN"))
+
+    # --- models --------------------------------------------------------------------------------
+    models: list[str] = Field(default=list(DEFAULT_MODELS), description="Embedder keys to load.")
+    device: str = Field(default="auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    normalize: bool = Field(
+        default=True,
+        description="L2-normalise embeddings: L2 on unit vectors ranks like cosine. Recorded per index.",
+    )
+    allow_random_weights: bool = Field(
+        default=False, description="Fall back to seeded random weights (marked 'untrained') when none resolve."
+    )
+    weights: dict[str, str] = Field(
+        default_factory=dict,
+        description='Explicit weights per model key, path or URL: EMBEDSVC_WEIGHTS=\'{"gresnet50": "/w.pth"}\'.',
+    )
+    cache_dir: Path | None = Field(default=None, description="Weights cache; default data_dir/models.")
+    input_size: int | None = Field(
+        default=None, description="Override every model's input size (e.g. 64 for fast CPU plumbing tests)."
+    )
+    batch_size: int = 64
+
+    # --- service -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_url: str = Field(default="http://127.0.0.1:8000", description="Where the web UI finds the API.")
+    cors_origins: list[str] = Field(default_factory=lambda: ["http://localhost:8501", "http://127.0.0.1:8501"])
+    allowed_roots: list[Path] = Field(default_factory=list, description="Folders the API may bulk-index.")
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    max_k: int = 100
+    thumbnail_sizes: list[int] = Field(default_factory=lambda: [128, 256])
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value != "auto" and not (value == "cpu" or value.startswith("cuda") or value == "mps"):
+            raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, not {value!r}")
+        return value
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.data_dir / "models"
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+LogFormat = Literal["rich", "plain"]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings read once per process; tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()
