@@ -18,7 +18,7 @@ DEFAULT_MODELS = ("gresnet50", "convnext_tiny", "deit3_small")
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="EMBEDSVC_", env_file=".env", env_ignore_empty=True, extra="ignore"
+        env_prefix="EMBEDSVC_", env_file=".env", env_ignore_empty=True, extra="ignore", populate_by_name=True
     )
 
     # --- storage -------------------------------------------------------------------------------
@@ -45,6 +45,7 @@ class Settings(BaseSettings):
         description='Explicit weights per model key, path or URL: EMBEDSVC_WEIGHTS=\'{"gresnet50": "/w.pth"}\'.',
     )
     cache_dir: Path | None = Field(default=None, description="Weights cache; default data_dir/models.")
+    offline: bool = Field(default=False, description="Never contact a model hub (air-gapped machines, tests).")
     input_size: int | None = Field(
         default=None, description="Override every model's input size (e.g. 64 for fast CPU plumbing tests)."
     )

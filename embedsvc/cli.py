@@ -1,0 +1,76 @@
+"""The `embedsvc` console script: one thin subcommand per pipeline stage, each a plain function underneath."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from embedsvc.cli_common import ALLOW_RANDOM, DEVICE, MODELS, WEIGHTS, apply_overrides
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+
+
+@app.command("models")
+def models_cmd(
+    models: MODELS = None,
+    weights: WEIGHTS = None,
+    allow_random_weights: ALLOW_RANDOM = False,
+    device: DEVICE = None,
+    load: bool = typer.Option(False, help="Load each model and show its weights provenance and dimension."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List the embedders embedsvc knows (and, with --load, where each one's weights resolve from)."""
+    from embedsvc.models.registry import get_spec, list_specs
+
+    settings = apply_overrides(models=models, weights=weights, allow_random=allow_random_weights, device=device)
+    specs = [get_spec(k) for k in settings.models] if models else list_specs()
+    rows = []
+    for spec in specs:
+        row = {"key": spec.key, "model_name": spec.model_name, "display_name": spec.display_name,
+               "default": spec.default}
+        if load:
+            from embedsvc.embedder import load_embedder
+
+            emb = load_embedder(spec.key, settings=settings)
+            row |= {"dim": emb.dim, "weights": emb.provenance.label}
+        rows.append(row)
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(*rows[0].keys()) if rows else Table()
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+def _register_stages() -> None:
+    """Each stage lives in its own package and contributes its commands here."""
+    from indexer.cli import register as register_index
+    from webui.cli import register as register_ui
+
+    from embedsvc.evaluation.cli import register as register_eval
+    from embedsvc.serve_cli import register as register_serve
+
+    for register in (register_index, register_serve, register_ui, register_eval):
+        register(app)
+
+
+_register_stages()
+
+if __name__ == "__main__":
+    app()

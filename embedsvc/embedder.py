@@ -1,0 +1,161 @@
+"""An embedder: one backbone, its weights, its own preprocessing, and a batched forward pass.
+
+Embedding = pooled pre-logits features (``forward_features`` then ``forward_head(pre_logits=True)``),
+float32, optionally L2-normalised. CPU runs fp32; CUDA runs bf16 autocast and channels_last.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+import embedsvc.models  # noqa: F401  (registers GResNet with timm)
+from embedsvc import __version__
+from embedsvc.core.config import Settings, get_settings
+from embedsvc.models import transforms
+from embedsvc.models.registry import EmbedderSpec, get_spec
+from embedsvc.models.weights import (
+    Provenance,
+    WeightsNotFoundError,
+    load_checkpoint_file,
+    load_into,
+    resolve_weights_file,
+    sha256_of,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Embedder:
+    spec: EmbedderSpec
+    model: nn.Module  # eval mode, on device; GResNet already folded
+    provenance: Provenance
+    data_config: dict[str, Any]
+    device: torch.device
+    normalize: bool
+
+    def __post_init__(self) -> None:
+        self.transform = transforms.eval_transform(self.data_config)
+        self.dim = int(self.model.num_features)
+        self._lock = threading.Lock()  # one forward at a time per model: never oversubscribe the CPU
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def untrained(self) -> bool:
+        return not self.provenance.trained
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> (3, H, W) float tensor with this model's own resize/crop/normalisation."""
+        return self.transform(image)
+
+    def embed(self, batch: torch.Tensor) -> np.ndarray:
+        """(N, 3, H, W) preprocessed batch -> (N, dim) float32 embeddings."""
+        batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with self._lock, torch.inference_mode():
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    features = self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
+            else:
+                features = self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
+            features = features.float()
+            if self.normalize:
+                features = F.normalize(features, dim=1)
+        return features.cpu().numpy()
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        out = [
+            self.embed(torch.stack([self.preprocess(img) for img in images[i : i + batch_size]]))
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def manifest(self) -> dict[str, Any]:
+        """What must match for vectors to be comparable, plus facts for humans. Stored with every index."""
+        return {
+            "model_key": self.spec.key,
+            "model_name": self.spec.model_name,
+            "display_name": self.spec.display_name,
+            "dim": self.dim,
+            "normalize": self.normalize,
+            "weights": self.provenance.to_dict(),
+            "preprocessing": transforms.describe(self.data_config),
+            "code_version": __version__,
+        }
+
+
+def _family_filter(model: nn.Module):
+    """The timm family's own ``checkpoint_filter_fn`` (e.g. ViT pos-embed resampling), if it has one."""
+    module = importlib.import_module(type(model).__module__)
+    return getattr(module, "checkpoint_filter_fn", None)
+
+
+def build_model(spec: EmbedderSpec, input_size: int | None = None) -> nn.Module:
+    kwargs = dict(spec.create_kwargs)
+    cfg = timm.get_pretrained_cfg(spec.model_name)
+    if input_size is not None and cfg is not None and cfg.fixed_input_size:
+        kwargs["img_size"] = input_size  # ViTs size their position embedding at creation
+    return timm.create_model(spec.model_name, pretrained=False, **kwargs)
+
+
+def load_embedder(
+    key: str,
+    *,
+    settings: Settings | None = None,
+    weights: str | None = None,
+    allow_random: bool | None = None,
+    device: str | None = None,
+    normalize: bool | None = None,
+    input_size: int | None = None,
+    seed: int = 0,
+) -> Embedder:
+    """Build, load weights (explicit, cache, hub; random only if allowed), fold, move to device."""
+    settings = settings or get_settings()
+    spec = get_spec(key)
+    allow_random = settings.allow_random_weights if allow_random is None else allow_random
+    input_size = input_size or settings.input_size
+    torch.manual_seed(seed)  # seeded random init: the same "untrained" model in every process
+    model = build_model(spec, input_size)
+    data_config = transforms.data_config_for(model, input_size)
+    try:
+        path, source = resolve_weights_file(
+            spec.model_name,
+            spec.weights,
+            explicit=weights or settings.weights.get(spec.key),
+            cache_dir=settings.resolved_cache_dir,
+            offline=settings.offline,
+        )
+    except WeightsNotFoundError as exc:
+        if not allow_random:
+            raise
+        log.warning("%s -- using seeded random weights (untrained)", exc)
+        provenance = Provenance(source="random", sha256=None, trained=False, seed=seed)
+    else:
+        load_into(model, load_checkpoint_file(path), spec.checkpoint_filter or _family_filter(model))
+        provenance = Provenance(source=source, sha256=sha256_of(path), trained=True)
+    model.eval()
+    if spec.serve_transform is not None:
+        model = spec.serve_transform(model).eval()
+    torch_device = torch.device(device or settings.resolved_device())
+    model = model.to(torch_device, memory_format=torch.channels_last)
+    normalize = settings.normalize if normalize is None else normalize
+    log.info("loaded %s (%s) on %s: %s", spec.key, spec.model_name, torch_device, provenance.label)
+    return Embedder(spec, model, provenance, data_config, torch_device, normalize)
+
+
+def load_embedders(keys: Sequence[str], **kwargs: Any) -> dict[str, Embedder]:
+    return {get_spec(k).key: load_embedder(k, **kwargs) for k in keys}
