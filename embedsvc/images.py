@@ -103,7 +103,7 @@ def decode_image(
         msg = str(exc)
         reason = "truncated" if "truncated" in msg.lower() or "premature" in msg.lower() else "corrupt"
         raise ImageDecodeError(name, reason, f"cannot decode image data ({msg})") from exc
-    except (ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except (ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(name, "corrupt", f"cannot decode image data ({exc})") from exc
     try:
         upright = ImageOps.exif_transpose(img)
