@@ -1,7 +1,117 @@
-"""Placeholder: this stage's commands are added by its own module."""
+"""`embedsvc eval INDEX`: which backbone retrieves best on an index's own labels (leave-one-out, exact).
+
+A thin wrapper around ``evaluate_index`` and ``write_report``; expected failures end with one
+``error: ...`` line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from embedsvc.cli_common import DATA_DIR, DEVICE, MILVUS_URI, MODELS, apply_overrides
+
+log = logging.getLogger(__name__)
+
+EXIT_ERROR = 1
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's subcommands to the `embedsvc` app."""
+    """Add the ``eval`` command to the ``embedsvc`` app."""
+    app.command("eval")(eval_cmd)
+
+
+def _parse_k_list(value: str) -> list[int]:
+    try:
+        ks = [int(part) for part in value.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise typer.BadParameter(f"--k-list expects comma-separated integers, got {value!r}") from None
+    if not ks or min(ks) < 1:
+        raise typer.BadParameter("--k-list needs at least one k >= 1")
+    return ks
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_ERROR)
+
+
+def eval_cmd(
+    index: Annotated[str, typer.Argument(help="Index name (as given to `embedsvc index ... --name`).")],
+    sample: Annotated[
+        int | None, typer.Option("--sample", min=1, help="Evaluate a seeded sample of N labelled queries.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the query sample.")] = 0,
+    models: MODELS = None,
+    k_list: Annotated[str, typer.Option("--k-list", help="Cut-offs for precision/hit/mAP@k.")] = "1,5,10,20,100",
+    chance_seed: Annotated[int, typer.Option("--chance-seed", help="Seed of the shuffled-label chance baseline.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: DATA_DIR/eval/INDEX).")] = None,
+    device: DEVICE = None,
+    milvus_uri: MILVUS_URI = None,
+    data_dir: DATA_DIR = None,
+) -> None:
+    """Leave-one-out retrieval metrics of every model in INDEX, from its stored vectors (no re-embedding).
+
+    Writes eval.json, metrics.csv, per_class.csv, per_query.csv, precision_at_k.png and results.md.
+    """
+    from embedsvc.evaluation.report import print_summary, write_report
+    from embedsvc.evaluation.runner import evaluate_index
+    from embedsvc.store import IndexNotFoundError, Store, StoreError
+
+    ks = _parse_k_list(k_list)
+    settings = apply_overrides(device=device, milvus_uri=milvus_uri, data_dir=data_dir)
+    out_dir = out or settings.data_dir / "eval" / index
+    try:
+        store = Store.from_settings(settings)
+    except StoreError as exc:
+        raise _fail(f"cannot open the Milvus store at {settings.resolved_milvus_uri}: {exc}") from None
+    console = Console(stderr=True)
+    try:
+        with Progress(
+            TextColumn(f"eval {index}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("queries x models"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("eval", total=None)
+
+            def advance(step: int, total: int) -> None:
+                bar.update(task, advance=step, total=total)
+
+            ev = evaluate_index(
+                store,
+                index,
+                models=models,
+                sample=sample,
+                seed=seed,
+                k_list=ks,
+                chance_seed=chance_seed,
+                device=settings.resolved_device(),
+                progress=advance,
+            )
+    except IndexNotFoundError as exc:
+        raise _fail(str(exc) or f"no index named {index!r}") from None
+    except (ValueError, StoreError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        store.close()
+    args = ["embedsvc", "eval", index]
+    args += ["--sample", str(sample), "--seed", str(seed)] if sample else []
+    args += [a for m in models or [] for a in ("-m", m)]
+    args += ["--k-list", ",".join(map(str, ks))] if ks != [1, 5, 10, 20, 100] else []
+    args += ["--chance-seed", str(chance_seed)] if chance_seed else []
+    args += ["--data-dir", str(data_dir)] if data_dir else []
+    args += ["--milvus-uri", milvus_uri] if milvus_uri else []
+    paths = write_report(ev.summary, ev.per_query, out_dir, command=shlex.join(args))
+    print_summary(ev.summary, Console())
+    console.print(f"report: {out_dir} ({', '.join(p.name for p in paths.values())})")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from embedsvc.evaluation import metrics as M
+from embedsvc.store import IndexNotFoundError, Store
 
 log = logging.getLogger(__name__)
 
@@ -247,3 +248,136 @@ def _cross_model(
         }
     agree["n_queries"] = int(evaluable.sum())
     return {"jaccard": pairs, "agreement": agree}
+
+
+# --- the store-backed entry point ----------------------------------------------------------------
+
+
+def index_version(store: Store, index: str) -> tuple[tuple[str, int, int, str], ...]:
+    """What changes whenever an index's rows change: (model, live rows, manifest row_count, updated_at).
+
+    Cheap (one manifest and one count per model), so the API can check it before reusing a cached
+    result. Raises IndexNotFoundError for an unknown index.
+    """
+    keys = store.models_of(index)
+    if not keys:
+        raise IndexNotFoundError(f"no index {index!r}")
+    out = []
+    for key in keys:
+        manifest = store.get_manifest(index, key) or {}
+        stamp = str(manifest.get("updated_at") or manifest.get("created_at") or "")
+        out.append((key, store.count(index, key), int(manifest.get("row_count", -1)), stamp))
+    return tuple(out)
+
+
+def _model_info(manifest: Mapping[str, Any] | None) -> dict[str, Any]:
+    manifest = manifest or {}
+    weights = manifest.get("weights") or {}
+    return {
+        "model_name": manifest.get("model_name"),
+        "display_name": manifest.get("display_name"),
+        "dim": manifest.get("dim"),
+        "normalize": manifest.get("normalize"),
+        "weights": weights.get("label"),
+        "trained": weights.get("trained"),
+        "row_count": manifest.get("row_count"),
+        "updated_at": manifest.get("updated_at") or manifest.get("date"),
+    }
+
+
+def _align(fetched: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Keep the ids every model has (a half-indexed model must not skew the comparison), in id order."""
+    common: np.ndarray | None = None
+    for ids, _, _ in fetched.values():
+        common = np.asarray(ids) if common is None else np.intersect1d(common, ids)
+    assert common is not None
+    common = np.unique(common)
+    vectors, labels = {}, None
+    for key, (ids, vecs, labs) in fetched.items():
+        ids = np.asarray(ids)
+        if len(ids) != len(common):
+            log.warning(
+                "%s has %d rows, %d shared by every model: evaluating the shared ones", key, len(ids), len(common)
+            )
+        order = np.argsort(ids)
+        pos = order[np.searchsorted(ids, common, sorter=order)]
+        vectors[key] = np.asarray(vecs)[pos]
+        model_labels = np.asarray(labs, dtype=np.int64)[pos]
+        if labels is None:
+            labels = model_labels
+        elif not np.array_equal(labels, model_labels):
+            raise ValueError(f"models of one index disagree on labels ({key}); re-index before evaluating")
+    assert labels is not None
+    return common, labels, vectors
+
+
+def evaluate_index(
+    store: Store,
+    index: str,
+    *,
+    models: Sequence[str] | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    k_list: Sequence[int] = DEFAULT_K_LIST,
+    chance_seed: int | None = 0,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Evaluate the stored vectors of ``index`` (every model, or ``models``) without re-embedding.
+
+    ``progress(advance, total)`` is called after each chunk of queries (total = queries x models).
+    Raises the store's IndexNotFoundError for an unknown index, ValueError for an unknown model.
+    """
+    available = list(store.models_of(index))
+    if not available:
+        raise IndexNotFoundError(f"no index {index!r}")
+    keys = list(models) if models else available
+    unknown = [m for m in keys if m not in available]
+    if unknown:
+        raise ValueError(f"index {index!r} has no vectors for {unknown}; it has {available}")
+    version = index_version(store, index)
+    fetched = {key: store.fetch_all(index, key) for key in keys}
+    ids, labels, vectors = _align(fetched)
+    label_names = _label_names(store, index, keys[0], ids, labels)
+    n_queries = len(sample_queries(labels, sample, seed)) if len(ids) >= 2 else 0
+    total = n_queries * len(keys)
+    callback = (lambda advance: progress(advance, total)) if progress is not None else None
+    ev = evaluate_arrays(
+        vectors,
+        ids,
+        labels,
+        label_names=label_names,
+        sample=sample,
+        seed=seed,
+        k_list=k_list,
+        chance_seed=chance_seed,
+        device=device,
+        progress=callback,
+    )
+    summary = {"index": index, "version": [list(v) for v in version]} | ev.summary
+    for key, entry in summary["models"].items():
+        entry["model"] = _model_info(store.get_manifest(index, key))
+        hubs = entry["hubness"]["top"]
+        paths = _rel_paths(store, index, key, [h["id"] for h in hubs])
+        for hub in hubs:
+            hub["rel_path"] = paths.get(hub["id"])
+    ev.summary = summary
+    return ev
+
+
+def _rel_paths(store: Store, index: str, model: str, ids: Sequence[int]) -> dict[int, str | None]:
+    if not ids:
+        return {}
+    rows = store.get_rows(index, model, [int(i) for i in ids])
+    return {int(r["id"]): r.get("rel_path") for r in rows}
+
+
+def _label_names(store: Store, index: str, model: str, ids: np.ndarray, labels: np.ndarray) -> dict[int, str]:
+    """label_id -> label_name, read from one stored row per label."""
+    labelled = labels != M.UNLABELLED
+    _, first = np.unique(labels[labelled], return_index=True)
+    sample_ids = ids[labelled][first]
+    if not len(sample_ids):
+        return {}
+    rows = store.get_rows(index, model, [int(i) for i in sample_ids])
+    return {int(r["label_id"]): str(r.get("label_name") or r["label_id"]) for r in rows}

@@ -1,0 +1,244 @@
+"""Render an evaluation summary: rich tables for the terminal, JSON/CSV/Markdown files and a PNG plot.
+
+Every file is written from the same summary dict, so the README's table and the terminal agree.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+log = logging.getLogger(__name__)
+
+SUMMARY_JSON = "eval.json"
+METRICS_CSV = "metrics.csv"
+PER_CLASS_CSV = "per_class.csv"
+PER_QUERY_CSV = "per_query.csv"
+PLOT_PNG = "precision_at_k.png"
+RESULTS_MD = "results.md"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def headline_columns(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(metric key, column title) shown in the terminal and Markdown tables, in order."""
+    ks = summary["k_list"]
+    k10 = min(10, summary["queries"]["n_rows"] - 1)
+    cols = [("knn_top1", f"kNN@{summary['knn_k']}"), ("knn_top1_weighted", f"kNN@{summary['knn_k']} (1/d)")]
+    cols += [(f"precision@{k}", f"P@{k}") for k in ks]
+    cols += [(f"map@{k10}", f"mAP@{k10}")] if f"map@{k10}" in _any_metrics(summary) else []
+    cols += [(f"hit@{k}", f"hit@{k}") for k in ks if k in (5, 10)]
+    return cols
+
+
+def _any_metrics(summary: Mapping[str, Any]) -> Mapping[str, Any]:
+    models = summary["models"]
+    return next(iter(models.values()))["metrics"] if models else {}
+
+
+def metric_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per model: identity, every metric, hubness skew and the chance P@1."""
+    rows = []
+    for key, entry in summary["models"].items():
+        model = entry.get("model", {})
+        row: dict[str, Any] = {
+            "model": key,
+            "model_name": model.get("model_name"),
+            "weights": model.get("weights"),
+            "dim": model.get("dim"),
+            "n_rows": model.get("row_count", summary["queries"]["n_rows"]),
+        }
+        row |= entry["metrics"]
+        row[f"hub_skew@{entry['hubness']['k']}"] = entry["hubness"]["skewness"]
+        if "chance" in entry:
+            row["chance_precision@1"] = entry["chance"]["precision@1"]
+            row["chance_knn_top1"] = entry["chance"]["knn_top1"]
+        row["search_seconds"] = entry.get("search_seconds")
+        rows.append(row)
+    return rows
+
+
+def queries_line(summary: Mapping[str, Any]) -> str:
+    q = summary["queries"]
+    sampled = f"a seeded sample of {q['n_queries']} (seed {q['seed']})" if q["sample"] else f"all {q['n_queries']}"
+    return (
+        f"{q['n_rows']} rows, {q['n_labelled']} labelled in {q['n_classes']} classes; queries: {sampled} labelled "
+        f"rows; {q['n_evaluated']} evaluated, {q['n_without_relevant']} left out (no other row shares their label)"
+    )
+
+
+def terminal_tables(summary: Mapping[str, Any]) -> list[RenderableType]:
+    """The per-model table, the cross-model table and each model's worst classes and confusions."""
+    cols = headline_columns(summary)
+    models = summary["models"]
+    hub_k = next(iter(models.values()))["hubness"]["k"] if models else 10
+    weights = "; ".join(f"{k}: {e.get('model', {}).get('weights', '?')}" for k, e in models.items())
+    # metrics as rows, models as columns: three models fit an 80-column terminal
+    main = Table(
+        "metric",
+        *models,
+        title=f"Leave-one-out retrieval ({summary.get('index', '')})",
+    )
+    for key, title in cols:
+        main.add_row(title, *[_fmt(e["metrics"].get(key)) for e in models.values()])
+    main.add_row(f"hub skew@{hub_k}", *[_fmt(e["hubness"]["skewness"]) for e in models.values()])
+    if all("chance" in e for e in models.values()):
+        main.add_row("chance P@1 (shuffled)", *[_fmt(e["chance"]["precision@1"]) for e in models.values()])
+    tables: list[RenderableType] = [main, Text(queries_line(summary)), Text("weights: " + weights)]
+    cross = summary.get("cross_model", {})
+    if len(summary["models"]) > 1:
+        pairs = Table("model A", "model B", "mean Jaccard@k", title="Neighbour overlap")
+        for p in cross["jaccard"]:
+            pairs.add_row(p["a"], p["b"], _fmt(p["mean_jaccard"]))
+        agree = cross["agreement"]
+        rank1 = Table("rank-1 outcome", "queries", title=f"Who is right at rank 1 ({agree['n_queries']} queries)")
+        rank1.add_row("all models right", str(agree["all_right"]))
+        rank1.add_row("no model right", str(agree["none_right"]))
+        for m, count in agree["only_right"].items():
+            rank1.add_row(f"only {m} right", str(count))
+        tables += [pairs, rank1]
+    for key, entry in summary["models"].items():
+        t = Table("worst class", "P@10", "queries", "confusion: query -> top-1", "count", title=f"{key}: weakest spots")
+        confusions = entry["confusions"]
+        for i in range(max(min(5, len(entry["worst_classes"])), min(5, len(confusions)))):
+            w = entry["worst_classes"][i] if i < len(entry["worst_classes"]) else None
+            c = confusions[i] if i < len(confusions) else None
+            p_key = next((k for k in w if k.startswith("precision@")), "") if w else ""
+            t.add_row(
+                w["label"] if w else "",
+                _fmt(w[p_key]) if w else "",
+                str(w["n_queries"]) if w else "",
+                f"{c['query_label']} -> {c['neighbour_label']}" if c else "",
+                str(c["count"]) if c else "",
+            )
+        tables.append(t)
+    return tables
+
+
+def print_summary(summary: Mapping[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    for table in terminal_tables(summary):
+        console.print(table)
+
+
+def markdown_table(summary: Mapping[str, Any], command: str | None = None) -> str:
+    """The per-model table as GitHub Markdown, plus the cross-model lines, stamped with its command."""
+    cols = headline_columns(summary)
+    head = ["model", *[c[1] for c in cols], "hub skew", "chance P@1", "weights"]
+    lines = []
+    if command:
+        lines.append(f"<!-- produced by `{command}`; do not edit by hand -->")
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|"]
+    for key, entry in summary["models"].items():
+        cells = [key, *[_fmt(entry["metrics"].get(c[0])) for c in cols], _fmt(entry["hubness"]["skewness"])]
+        cells += [_fmt(entry.get("chance", {}).get("precision@1")), str(entry.get("model", {}).get("weights", ""))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", queries_line(summary) + "."]
+    cross = summary.get("cross_model", {})
+    if len(summary["models"]) > 1:
+        lines.append("")
+        for p in cross["jaccard"]:
+            lines.append(f"- mean Jaccard@{p['k']} of neighbour sets, {p['a']} vs {p['b']}: {_fmt(p['mean_jaccard'])}")
+        a = cross["agreement"]
+        only = ", ".join(f"only {m}: {c}" for m, c in a["only_right"].items())
+        lines.append(
+            f"- rank 1 over {a['n_queries']} queries: all right {a['all_right']}, none right {a['none_right']}, {only}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_precision(summary: Mapping[str, Any], path: Path) -> None:
+    """precision@k per model (and the shuffled-label chance level) against k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = summary["k_list"]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    try:
+        for key, entry in summary["models"].items():
+            ys = [entry["metrics"].get(f"precision@{k}") for k in ks]
+            line = ax.plot(ks, [np.nan if y is None else y for y in ys], marker="o", label=key)[0]
+            if "chance" in entry:
+                chance = [entry["chance"].get(f"precision@{k}") for k in ks]
+                ax.plot(ks, [np.nan if y is None else y for y in chance], ls="--", color=line.get_color(), alpha=0.4)
+        ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("k (neighbours)")
+        ax.set_ylabel("precision@k")
+        ax.set_title(f"Leave-one-out precision@k, {summary.get('index', '')} (dashed: shuffled labels)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def write_report(
+    summary: Mapping[str, Any],
+    per_query: Mapping[str, np.ndarray],
+    out_dir: Path,
+    *,
+    command: str | None = None,
+) -> dict[str, Path]:
+    """Write every output file into ``out_dir``; returns {kind: path}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / SUMMARY_JSON,
+        "metrics_csv": out_dir / METRICS_CSV,
+        "per_class_csv": out_dir / PER_CLASS_CSV,
+        "per_query_csv": out_dir / PER_QUERY_CSV,
+        "plot": out_dir / PLOT_PNG,
+        "markdown": out_dir / RESULTS_MD,
+    }
+    paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
+    _write_csv(paths["metrics_csv"], metric_rows(summary))
+    per_class = [{"model": key} | row for key, entry in summary["models"].items() for row in entry["per_class"]]
+    _write_csv(paths["per_class_csv"], per_class)
+    columns = list(per_query)
+    n = len(per_query[columns[0]]) if columns else 0
+    with paths["per_query_csv"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for i in range(n):
+            writer.writerow([_csv_value(per_query[c][i]) for c in columns])
+    plot_precision(summary, paths["plot"])
+    paths["markdown"].write_text(markdown_table(summary, command))
+    log.info("evaluation report written to %s", out_dir)
+    return paths
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, np.bool_ | bool):
+        return int(value)
+    if isinstance(value, np.floating):
+        return "" if np.isnan(value) else round(float(value), 6)
+    return value.item() if isinstance(value, np.generic) else value
