@@ -1,0 +1,148 @@
+"""Read stage: bytes -> content hash -> one decode -> every model's own preprocessing, in DataLoader workers.
+
+Decoding is the CPU-heavy part of indexing, so each file is decoded exactly once per run and the one
+RGB image is handed to each selected model's timm transform. A file whose hash every model already
+has is not decoded at all; a model that already has it gets no tensor for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from embedsvc.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[Any], torch.Tensor]
+
+# None: torch's default start method (fork on Linux: workers start in ~0.1 s and need no importable
+# __main__). Set to "forkserver"/"spawn" where forking the host process is not safe.
+MP_CONTEXT: str | None = None
+
+
+def content_hash(data: bytes) -> str:
+    """The row's ``content_hash``: sha256 of the file's bytes (hex)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class ReadResult:
+    """One file after the read stage: unchanged, failed (with reason), or decoded with tensors."""
+
+    position: int  # index into the source's item list
+    content_hash: str = ""
+    width: int = 0
+    height: int = 0
+    needed: tuple[str, ...] = ()  # models that get a new vector for this file
+    error: tuple[str, str] | None = None  # (reason, detail)
+
+    @property
+    def unchanged(self) -> bool:
+        return self.error is None and not self.needed
+
+
+class ImageReadDataset(Dataset):
+    """Map-style dataset over the selected files; picklable (transforms only, never models)."""
+
+    def __init__(
+        self,
+        root: Path,
+        rel_paths: Sequence[str],
+        ids: Sequence[int],
+        transforms: Mapping[str, Transform],
+        known: Mapping[str, Mapping[int, str]] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.root = Path(root)
+        self.rel_paths = list(rel_paths)
+        self.ids = list(ids)
+        self.transforms = dict(transforms)
+        self.known = {k: dict(v) for k, v in (known or {}).items()}
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.rel_paths)
+
+    def __getitem__(self, position: int) -> tuple[ReadResult, dict[str, torch.Tensor]]:
+        rel = self.rel_paths[position]
+        try:
+            data = (self.root / rel).read_bytes()
+        except OSError as exc:
+            return ReadResult(position, error=("unreadable", f"cannot read file ({exc.strerror or exc})")), {}
+        digest = content_hash(data)
+        row_id = self.ids[position]
+        needed = tuple(k for k in self.transforms if self.known.get(k, {}).get(row_id) != digest)
+        result = ReadResult(position, content_hash=digest, needed=needed)
+        if not needed:
+            return result, {}
+        try:
+            decoded = decode_image(data, name=rel, max_pixels=self.max_pixels)
+        except ImageDecodeError as exc:
+            result.error = (exc.reason, exc.detail)
+            return result, {}
+        result.width, result.height = decoded.width, decoded.height
+        tensors = {}
+        for key in needed:
+            try:
+                tensors[key] = self.transforms[key](decoded.image)
+            except Exception as exc:  # a transform crash on one odd image must not end the run
+                result.error = ("preprocess_failed", f"{key} preprocessing failed ({exc})")
+                return result, {}
+        return result, tensors
+
+
+@dataclass
+class ReadBatch:
+    """A collated batch: every result in order, and per model the stacked tensors of the files it needs."""
+
+    results: list[ReadResult]
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    # per model: positions *within this batch* (index into ``results``) of each tensor row
+    rows: dict[str, list[int]] = field(default_factory=dict)
+
+    def pin_memory(self) -> ReadBatch:
+        """Called by the DataLoader's pin-memory thread on CUDA: page-locked tensors copy asynchronously."""
+        self.tensors = {k: t.pin_memory() for k, t in self.tensors.items()}
+        return self
+
+
+def collate(samples: list[tuple[ReadResult, dict[str, torch.Tensor]]]) -> ReadBatch:
+    """Stack per model in the worker, so the main process receives ready batches."""
+    batch = ReadBatch(results=[r for r, _ in samples])
+    per_model: dict[str, list[torch.Tensor]] = {}
+    for i, (result, tensors) in enumerate(samples):
+        if result.error is not None:
+            continue
+        for key, tensor in tensors.items():
+            per_model.setdefault(key, []).append(tensor)
+            batch.rows.setdefault(key, []).append(i)
+    batch.tensors = {k: torch.stack(v) for k, v in per_model.items()}
+    return batch
+
+
+def make_loader(
+    dataset: ImageReadDataset, *, batch_size: int, workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """In-order batches; ``workers`` processes decode ahead of the model (0: decode in this process)."""
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs["prefetch_factor"] = 2
+        if MP_CONTEXT:
+            kwargs["multiprocessing_context"] = MP_CONTEXT
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        **kwargs,
+    )

@@ -1,0 +1,149 @@
+"""Write stage: a background thread that upserts rows through ``embedsvc.store`` while models compute.
+
+Rows are coalesced per model into requests the engine handles well (at most 250 rows and ~3 MB: Milvus
+Lite slows ~40x once one request passes ~4 MB) and written at most ``max_latency_s`` after they
+arrive, so a killed run loses only the last few seconds of work. The queue is bounded: if the store
+falls behind, compute waits instead of piling vectors up in memory. No flush per batch: the runner
+flushes once at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from embedsvc.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS_PER_REQUEST = 250
+MAX_BYTES_PER_REQUEST = 3_000_000
+_STOP = object()
+
+
+class WriterError(RuntimeError):
+    """The writer thread failed; the original store error is the ``__cause__``."""
+
+
+def rows_per_request(dim: int, max_rows: int = MAX_ROWS_PER_REQUEST, max_bytes: int = MAX_BYTES_PER_REQUEST) -> int:
+    """Rows of a ``dim``-float32 vector (plus ~512 bytes of scalars) that fit one request."""
+    return max(1, min(max_rows, max_bytes // (dim * 4 + 512)))
+
+
+class StoreWriter:
+    """Upserts ``(model_key, rows)`` into one index from a daemon thread; ``close()`` drains and re-raises."""
+
+    def __init__(
+        self,
+        store: Store,
+        index: str,
+        *,
+        max_rows: int = MAX_ROWS_PER_REQUEST,
+        max_latency_s: float = 2.0,
+        queue_size: int = 8,
+        on_written: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.max_rows = max_rows
+        self.max_latency_s = max_latency_s
+        self.on_written = on_written
+        self.written: dict[str, int] = {}
+        self.requests = 0
+        self.seconds = 0.0  # time spent inside store.upsert
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._buffers: dict[str, list[dict[str, Any]]] = {}
+        self._since: dict[str, float] = {}
+        self._abort = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"store-writer-{index}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------ producer side
+    def put(self, model_key: str, rows: list[dict[str, Any]]) -> None:
+        """Queue rows; blocks while the queue is full, raises at once if the writer has failed."""
+        if not rows:
+            return
+        while True:
+            self._check()
+            try:
+                self._queue.put((model_key, rows), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Write everything still buffered, stop the thread, and raise if any write failed."""
+        while self._thread.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        self._check()
+
+    def abort(self) -> None:
+        """Stop without writing what is still queued (the run is failing anyway)."""
+        self._abort.set()
+        self._thread.join(timeout=30)
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise WriterError(f"writing to index {self.index!r} failed: {self.error}") from self.error
+
+    # ------------------------------------------------------------------------------------ writer thread
+    def _run(self) -> None:
+        try:
+            while not self._abort.is_set():
+                try:
+                    item = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    self._flush_stale()
+                    continue
+                if item is _STOP:
+                    for key in list(self._buffers):
+                        self._drain(key, everything=True)
+                    return
+                key, rows = item
+                if not self._buffers.get(key):
+                    self._since[key] = time.monotonic()
+                self._buffers.setdefault(key, []).extend(rows)
+                self._drain(key, everything=False)
+                self._flush_stale()
+        except BaseException as exc:  # surfaced to the producer by put()/close()
+            log.debug("writer thread failed", exc_info=True)
+            self.error = exc
+
+    def _flush_stale(self) -> None:
+        now = time.monotonic()
+        for key, rows in self._buffers.items():
+            if rows and now - self._since.get(key, now) >= self.max_latency_s:
+                self._drain(key, everything=True)
+
+    def _drain(self, key: str, *, everything: bool) -> None:
+        rows = self._buffers.get(key, [])
+        if not rows:
+            return
+        chunk = rows_per_request(len(rows[0]["vector"]), self.max_rows)
+        while len(rows) >= chunk or (everything and rows):
+            if self._abort.is_set():
+                return
+            part, rows = rows[:chunk], rows[chunk:]
+            self._buffers[key] = rows
+            start = time.perf_counter()
+            self.store.upsert(self.index, key, part)
+            self.seconds += time.perf_counter() - start
+            self.requests += 1
+            first = key not in self.written
+            self.written[key] = self.written.get(key, 0) + len(part)
+            (log.info if first else log.debug)(
+                "wrote %d rows to %s/%s (%d so far)", len(part), self.index, key, self.written[key]
+            )
+            if self.on_written is not None:
+                self.on_written(key, len(part))
+        self._since[key] = time.monotonic()
