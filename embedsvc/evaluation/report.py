@@ -113,15 +113,22 @@ def terminal_tables(summary: Mapping[str, Any]) -> list[RenderableType]:
             rank1.add_row(f"only {m} right", str(count))
         tables += [pairs, rank1]
     for key, entry in summary["models"].items():
-        t = Table("worst class", "P@10", "queries", "confusion: query -> top-1", "count", title=f"{key}: weakest spots")
+        class_k = entry["per_class"][0]["k"] if entry["per_class"] else 10
+        t = Table(
+            "worst class",
+            f"P@{class_k}",
+            "queries",
+            "confusion: query -> top-1",
+            "count",
+            title=f"{key}: weakest spots",
+        )
         confusions = entry["confusions"]
         for i in range(max(min(5, len(entry["worst_classes"])), min(5, len(confusions)))):
             w = entry["worst_classes"][i] if i < len(entry["worst_classes"]) else None
             c = confusions[i] if i < len(confusions) else None
-            p_key = next((k for k in w if k.startswith("precision@")), "") if w else ""
             t.add_row(
                 w["label"] if w else "",
-                _fmt(w[p_key]) if w else "",
+                _fmt(w["precision"]) if w else "",
                 str(w["n_queries"]) if w else "",
                 f"{c['query_label']} -> {c['neighbour_label']}" if c else "",
                 str(c["count"]) if c else "",

@@ -186,12 +186,10 @@ def evaluate_arrays(
         class_k = min(CLASS_K, n - 1)
         per_class = M.per_class_mean(pq[f"precision@{class_k}"][ok], labels[query_rows][ok])
         entry["per_class"] = [
-            {"label_id": lab, "label": name(lab), f"precision@{class_k}": p, "n_queries": cnt}
+            {"label_id": lab, "label": name(lab), "k": class_k, "precision": p, "n_queries": cnt}
             for lab, (p, cnt) in sorted(per_class.items())
         ]
-        entry["worst_classes"] = sorted(entry["per_class"], key=lambda r: (r[f"precision@{class_k}"], r["label"]))[
-            :N_WORST
-        ]
+        entry["worst_classes"] = sorted(entry["per_class"], key=lambda r: (r["precision"], r["label"]))[:N_WORST]
         entry["confusions"] = [
             {"query_label": name(a), "neighbour_label": name(b), "count": c}
             for a, b, c in M.confusion_counts(labels[query_rows][ok], pq["top1_label"][ok])[:N_CONFUSIONS]

@@ -1,0 +1,112 @@
+"""Response model of ``GET /indexes/{name}/eval``: the evaluation summary, typed.
+
+Pure pydantic, so the web UI's client can import it without torch or pymilvus. Field meanings are in
+docs/evaluation.md; metric dicts are keyed ``knn_top1``, ``knn_top1_weighted``, ``precision@k``,
+``hit@k`` and ``map@k`` for each k in ``k_list``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class EvalQueries(BaseModel):
+    n_rows: int = Field(description="Rows shared by every model of the index.")
+    n_labelled: int
+    n_classes: int
+    n_queries: int = Field(description="Labelled rows used as queries (all, or the seeded sample).")
+    n_evaluated: int = Field(description="Queries with R >= 1 other row of their label: the averages' denominator.")
+    n_without_relevant: int = Field(description="Queries left out because no other row shares their label.")
+    sample: int | None
+    seed: int
+
+
+class EvalModelInfo(BaseModel):
+    model_name: str | None = None
+    display_name: str | None = None
+    dim: int | None = None
+    normalize: bool | None = None
+    weights: str | None = Field(default=None, description="Weights provenance label.")
+    trained: bool | None = None
+    row_count: int | None = None
+    updated_at: str | None = None
+
+
+class ClassScore(BaseModel):
+    label_id: int
+    label: str
+    k: int
+    precision: float = Field(description="Mean precision@k of this class's evaluated queries.")
+    n_queries: int
+
+
+class Confusion(BaseModel):
+    query_label: str
+    neighbour_label: str = Field(description="Label of the wrong top-1 neighbour; '(unlabelled)' for -1.")
+    count: int
+
+
+class Hub(BaseModel):
+    id: int
+    label: str
+    count: int = Field(description="In how many queries' top-k lists this row appears.")
+    rel_path: str | None = None
+
+
+class Hubness(BaseModel):
+    k: int
+    skewness: float = Field(description="Skewness of the k-occurrence distribution over all rows.")
+    top: list[Hub]
+
+
+class ModelEval(BaseModel):
+    model: EvalModelInfo | None = None
+    metrics: dict[str, float | None]
+    chance: dict[str, float | None] | None = Field(
+        default=None, description="The same metrics against labels shuffled among the labelled rows."
+    )
+    search_seconds: float
+    per_class: list[ClassScore]
+    worst_classes: list[ClassScore]
+    confusions: list[Confusion]
+    hubness: Hubness
+
+
+class JaccardPair(BaseModel):
+    a: str
+    b: str
+    k: int
+    mean_jaccard: float | None
+
+
+class AgreementExamples(BaseModel):
+    only_right: dict[str, list[int]] = Field(description="Up to 10 query ids per model where only it is right.")
+    none_right: list[int]
+
+
+class Agreement(BaseModel):
+    all_right: int
+    none_right: int
+    only_right: dict[str, int]
+    n_queries: int
+    examples: AgreementExamples | None = None
+
+
+class CrossModel(BaseModel):
+    jaccard: list[JaccardPair]
+    agreement: Agreement
+
+
+class EvalResponse(BaseModel):
+    index: str
+    version: list[list[str | int]] = Field(description="(model, live rows, row_count, updated_at) it was computed on.")
+    k_list: list[int]
+    knn_k: int
+    queries: EvalQueries
+    models: dict[str, ModelEval]
+    cross_model: CrossModel
+    cached: bool = Field(description="True when served from the cache of this index version.")
+    computed_at: datetime
+    compute_seconds: float
