@@ -1,0 +1,34 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+# -- Milvus -------------------------------------------------------------------------------------
+@pytest.fixture
+def lite_uri(tmp_path: Path) -> str:
+    """A fresh Milvus Lite file path (the file is created on first open)."""
+    return str(tmp_path / "milvus.db")
+
+
+@pytest.fixture(scope="session")
+def milvus_server_uri() -> Iterator[str]:
+    """URI of a real Milvus 2.3.5 server, started once per session in a loopback-only namespace.
+
+    Fails (never skips) when the server cannot start, e.g. without root for ``unshare --net``.
+    """
+    from tests.milvus_server import MilvusHarnessError, MilvusTestServer
+
+    server = MilvusTestServer()
+    try:
+        server.start()
+    except MilvusHarnessError as exc:
+        pytest.fail(f"Milvus test server unavailable: {exc}", pytrace=False)
+    try:
+        yield server.uri
+    finally:
+        server.stop()
