@@ -52,6 +52,12 @@ def eval_cmd(
     k_list: Annotated[str, typer.Option("--k-list", help="Cut-offs for precision/hit/mAP@k.")] = "1,5,10,20,100",
     chance_seed: Annotated[int, typer.Option("--chance-seed", help="Seed of the shuffled-label chance baseline.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: DATA_DIR/eval/INDEX).")] = None,
+    update_doc: Annotated[
+        Path | None,
+        typer.Option(
+            "--update-doc", help="Also replace the results block of this Markdown file (e.g. docs/evaluation.md)."
+        ),
+    ] = None,
     device: DEVICE = None,
     milvus_uri: MILVUS_URI = None,
     data_dir: DATA_DIR = None,
@@ -60,7 +66,7 @@ def eval_cmd(
 
     Writes eval.json, metrics.csv, per_class.csv, per_query.csv, precision_at_k.png and results.md.
     """
-    from embedsvc.evaluation.report import print_summary, write_report
+    from embedsvc.evaluation import report
     from embedsvc.evaluation.runner import evaluate_index
     from embedsvc.store import IndexNotFoundError, Store, StoreError
 
@@ -112,6 +118,11 @@ def eval_cmd(
     args += ["--chance-seed", str(chance_seed)] if chance_seed else []
     args += ["--data-dir", str(data_dir)] if data_dir else []
     args += ["--milvus-uri", milvus_uri] if milvus_uri else []
-    paths = write_report(ev.summary, ev.per_query, out_dir, command=shlex.join(args))
-    print_summary(ev.summary, Console())
+    paths = report.write_report(ev.summary, ev.per_query, out_dir, command=shlex.join(args))
+    report.print_summary(ev.summary, Console())
+    if update_doc is not None:
+        try:
+            report.update_doc(update_doc, paths["markdown"].read_text())
+        except (OSError, ValueError) as exc:
+            raise _fail(str(exc)) from None
     console.print(f"report: {out_dir} ({', '.join(p.name for p in paths.values())})")

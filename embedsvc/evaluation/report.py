@@ -191,7 +191,8 @@ def plot_precision(summary: Mapping[str, Any], path: Path) -> None:
     try:
         for key, entry in summary["models"].items():
             ys = [entry["metrics"].get(f"precision@{k}") for k in ks]
-            line = ax.plot(ks, [np.nan if y is None else y for y in ys], marker="o", label=key)[0]
+            label = key + (" (untrained)" if entry.get("model", {}).get("trained") is False else "")
+            line = ax.plot(ks, [np.nan if y is None else y for y in ys], marker="o", label=label)[0]
             if "chance" in entry:
                 chance = [entry["chance"].get(f"precision@{k}") for k in ks]
                 ax.plot(ks, [np.nan if y is None else y for y in chance], ls="--", color=line.get_color(), alpha=0.4)
@@ -249,3 +250,20 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, np.floating):
         return "" if np.isnan(value) else round(float(value), 6)
     return value.item() if isinstance(value, np.generic) else value
+
+
+DOC_START = "<!-- embedsvc-eval:start -->"
+DOC_END = "<!-- embedsvc-eval:end -->"
+
+
+def update_doc(path: Path, markdown: str) -> None:
+    """Replace the block between ``DOC_START`` and ``DOC_END`` in ``path`` with ``markdown``.
+
+    Why: the README's results table must be what the command produced, never retyped by hand.
+    """
+    text = path.read_text()
+    start, end = text.find(DOC_START), text.find(DOC_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path} has no {DOC_START} ... {DOC_END} block to replace")
+    path.write_text(text[: start + len(DOC_START)] + "\n" + markdown + text[end:])
+    log.info("updated the results block in %s", path)
