@@ -1,0 +1,230 @@
+"""Request and response models of the HTTP API.
+
+Pure pydantic (no torch, no pymilvus): the web UI's client imports these to get typed results
+without pulling in the models or the database driver.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body: a human message and a stable machine code."""
+
+    detail: str = Field(description="What was wrong, for a human.")
+    error: str = Field(description="Stable machine-readable code, e.g. not_an_image, unknown_index.")
+    errors: list[dict[str, Any]] | None = Field(default=None, description="Per-field problems (validation only).")
+
+
+# --------------------------------------------------------------------------------------------------
+# Search
+# --------------------------------------------------------------------------------------------------
+
+
+class SearchByJson(BaseModel):
+    """JSON form of a query: base64 image bytes, or the id of an indexed image ("more like this")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_base64: str | None = Field(
+        default=None, description="Image file bytes, base64 (a data: URL prefix is accepted)."
+    )
+    id: int | None = Field(default=None, description="Id of an image in the index; it is excluded from results.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchByJson:
+        if (self.image_base64 is None) == (self.id is None):
+            raise ValueError("give exactly one of image_base64 or id")
+        return self
+
+
+class Provenance(BaseModel):
+    label: str = Field(description="Human-readable weights origin; starts with 'untrained' for random weights.")
+    trained: bool
+    untrained: bool
+    source: str | None = None
+    sha256: str | None = None
+    seed: int | None = None
+
+
+class StageTimings(BaseModel):
+    """Milliseconds per stage for one model. decode_ms is the shared decode (done once per query)."""
+
+    decode_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    forward_ms: float = 0.0
+    search_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class Neighbour(BaseModel):
+    rank: int = Field(description="1-based rank.")
+    id: int
+    rel_path: str = Field(description="Path relative to the index's dataset root (informational only).")
+    label_id: int | None = None
+    label_name: str | None = None
+    distance: float = Field(description="Squared L2 distance between embeddings.")
+    width: int | None = None
+    height: int | None = None
+    image_url: str
+    thumbnail_url: str
+    same_label_as_query: bool | None = Field(
+        default=None, description="Null when the query's label is unknown (e.g. an upload)."
+    )
+
+
+class ModelResult(BaseModel):
+    model_key: str
+    display_name: str
+    model_name: str
+    dim: int
+    provenance: Provenance
+    untrained: bool
+    timings: StageTimings
+    neighbours: list[Neighbour]
+
+
+class OverlapPair(BaseModel):
+    a: str
+    b: str
+    jaccard: float = Field(description="|A ∩ B| / |A ∪ B| of the two models' neighbour id sets.")
+    shared: int
+
+
+class QueryInfo(BaseModel):
+    kind: Literal["upload", "base64", "id"]
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    bytes: int | None = None
+    id: int | None = None
+    rel_path: str | None = None
+    label_id: int | None = None
+    label_name: str | None = None
+    image_url: str | None = None
+    thumbnail_url: str | None = None
+
+
+class SkippedModel(BaseModel):
+    model_key: str
+    reason: str
+
+
+class SearchResponse(BaseModel):
+    index: str
+    k: int
+    label_filter: int | None = None
+    query: QueryInfo
+    models: list[ModelResult]
+    overlap: list[OverlapPair] = Field(description="Jaccard@k for each pair of models.")
+    skipped: list[SkippedModel] = Field(default_factory=list, description="Index models this service cannot run.")
+    decode_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Indexes, models, health
+# --------------------------------------------------------------------------------------------------
+
+
+class IndexModel(BaseModel):
+    model_key: str
+    row_count: int | None = None
+    loaded: bool = Field(description="Whether this service runs the model (uploads need it; by-id does not).")
+    compatible: bool | None = Field(
+        default=None, description="Loaded model matches the index's manifest (null when not loaded)."
+    )
+    manifest: dict[str, Any]
+
+
+class IndexInfo(BaseModel):
+    name: str
+    models: list[IndexModel]
+    row_count: int | None = Field(default=None, description="Largest row count across the index's models.")
+
+
+class IndexList(BaseModel):
+    data: list[IndexInfo]
+    count: int
+
+
+class ModelInfo(BaseModel):
+    key: str
+    display_name: str
+    model_name: str
+    dim: int
+    normalize: bool
+    device: str
+    provenance: Provenance
+    untrained: bool
+    preprocessing: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    data: list[ModelInfo]
+    count: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models_loaded: list[str]
+    milvus: Literal["ok", "unavailable"]
+    reason: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Jobs
+# --------------------------------------------------------------------------------------------------
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = Field(min_length=1, max_length=4096, description="Server-side folder under an allowed root.")
+    labels_from_dirs: bool = False
+    prune: bool = False
+    models: list[str] | None = Field(default=None, description="Default: the index's models, else all loaded.")
+
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobProgress(BaseModel):
+    done: int = 0
+    total: int | None = None
+    phase: str | None = None
+    per_model_rate: dict[str, float] = Field(default_factory=dict)
+
+
+class JobInfo(BaseModel):
+    id: str
+    index: str
+    state: JobState
+    root: str
+    models: list[str]
+    labels_from_dirs: bool
+    prune: bool
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: JobProgress
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries documenting our error body for each status (422 included)."""
+    return {status: {"model": ErrorResponse} for status in statuses}

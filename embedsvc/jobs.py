@@ -1,0 +1,269 @@
+"""Background bulk-index jobs started through the API: one per index at a time, only under allowed roots.
+
+A job is a thread running the indexer's ``run_index`` with the service's own embedders and store (a
+Milvus Lite file can only be open in one process, so the service indexes in-process). Progress is
+kept in memory; the indexer itself makes re-runs resumable, so a job lost with the process is simply
+started again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from embedsvc.core.config import Settings
+from embedsvc.embedder import Embedder
+from embedsvc.search import ModelNotLoadedError, StoreHolder, UnknownModelError
+
+log = logging.getLogger(__name__)
+
+
+class JobError(ValueError):
+    code = "bad_job"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RootNotAllowedError(JobError):
+    code = "root_not_allowed"
+
+
+class JobConflictError(JobError):
+    code = "job_running"
+
+
+class JobNotFoundError(JobError):
+    code = "unknown_job"
+
+
+class BadRootError(JobError):
+    code = "bad_root"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def jsonable(value: Any) -> Any:
+    """Summaries are dataclasses with Paths inside; turn them into plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path | Enum):
+        return str(value.value if isinstance(value, Enum) else value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+@dataclasses.dataclass
+class Job:
+    id: str
+    index: str
+    root: Path
+    models: list[str]
+    labels_from_dirs: bool
+    prune: bool
+    state: str = "queued"
+    created_at: datetime = dataclasses.field(default_factory=_now)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    done: int = 0
+    total: int | None = None
+    phase: str | None = None
+    per_model_rate: dict[str, float] = dataclasses.field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    stop_event: threading.Event = dataclasses.field(default_factory=threading.Event, repr=False)
+    thread: threading.Thread | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("succeeded", "failed", "cancelled")
+
+
+def check_root(root: str, allowed_roots: Sequence[Path]) -> Path:
+    """The resolved folder, only if it lies under one of the allowed roots (symlinks resolved first)."""
+    if not allowed_roots:
+        raise RootNotAllowedError("bulk indexing through the API is disabled: no allowed roots are configured")
+    if "\x00" in root:
+        raise BadRootError("root contains a NUL character")
+    path = Path(root)
+    if not path.is_absolute():
+        raise BadRootError(f"root must be an absolute server-side path, got {root!r}")
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise BadRootError(f"cannot resolve root {root!r}: {exc}") from exc
+    for allowed in allowed_roots:
+        base = Path(allowed).resolve()
+        if resolved == base or resolved.is_relative_to(base):
+            break
+    else:
+        raise RootNotAllowedError(f"root {root!r} is not under an allowed root")
+    if not resolved.is_dir():
+        raise BadRootError(f"root {root!r} is not a folder")
+    return resolved
+
+
+class JobManager:
+    def __init__(
+        self,
+        *,
+        store: StoreHolder,
+        embedders: Mapping[str, Embedder],
+        settings: Settings,
+        metrics: Any = None,
+        max_history: int = 100,
+    ) -> None:
+        self.store = store
+        self.embedders = dict(embedders)
+        self.settings = settings
+        self.metrics = metrics
+        self.max_history = max_history
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._running: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _choose_models(self, index: str, requested: Sequence[str] | None) -> list[str]:
+        if requested:
+            chosen = []
+            for name in requested:
+                if name not in self.embedders:
+                    from embedsvc.models.registry import get_spec
+
+                    try:
+                        key = get_spec(name).key
+                    except KeyError:
+                        raise UnknownModelError(f"unknown model {name!r}") from None
+                    if key not in self.embedders:
+                        raise ModelNotLoadedError(
+                            f"model {key!r} is not loaded by this service (loaded: {', '.join(self.embedders)})"
+                        )
+                    name = key
+                if name not in chosen:
+                    chosen.append(name)
+            return chosen
+        existing: list[str] = []
+        try:
+            existing = list(self.store.call(lambda s: s.models_of(index)))
+        except Exception as exc:  # IndexNotFoundError: a new index gets every loaded model
+            if type(exc).__name__ != "IndexNotFoundError":
+                raise
+        loaded = [m for m in existing if m in self.embedders]
+        return loaded or list(self.embedders)
+
+    def start(
+        self,
+        index: str,
+        root: str,
+        *,
+        labels_from_dirs: bool = False,
+        prune: bool = False,
+        models: Sequence[str] | None = None,
+    ) -> Job:
+        folder = check_root(root, self.settings.allowed_roots)
+        chosen = self._choose_models(index, models)
+        with self._lock:
+            running = self._running.get(index)
+            if running is not None:
+                raise JobConflictError(f"job {running} is already running for index {index!r}")
+            job = Job(
+                id=uuid.uuid4().hex,
+                index=index,
+                root=folder,
+                models=chosen,
+                labels_from_dirs=labels_from_dirs,
+                prune=prune,
+            )
+            self._running[index] = job.id
+            self._jobs[job.id] = job
+            while len(self._jobs) > self.max_history:
+                oldest = next(iter(self._jobs.values()))
+                if not oldest.finished:
+                    break
+                self._jobs.popitem(last=False)
+        job.thread = threading.Thread(target=self._run, args=(job,), name=f"index-job-{job.id[:8]}", daemon=True)
+        job.thread.start()
+        log.info("job %s: indexing %s into %r with %s", job.id, folder, index, ", ".join(chosen))
+        return job
+
+    def _progress(self, job: Job, update: Any) -> None:
+        job.done = int(getattr(update, "done", job.done) or 0)
+        total = getattr(update, "total", None)
+        job.total = None if total is None else int(total)
+        job.phase = getattr(update, "phase", None)
+        rates = getattr(update, "per_model_rate", None) or {}
+        job.per_model_rate = {str(k): float(v) for k, v in dict(rates).items()}
+
+    def _run(self, job: Job) -> None:
+        from indexer.datasets import folder_source
+        from indexer.runner import run_index
+
+        job.state = "running"
+        job.started_at = _now()
+        if self.metrics is not None:
+            self.metrics.jobs_running.inc()
+        try:
+            source = folder_source(job.root, labels_from_dirs=job.labels_from_dirs)
+            summary = run_index(
+                source,
+                index_name=job.index,
+                embedders={k: self.embedders[k] for k in job.models},
+                store=self.store.get(),
+                settings=self.settings,
+                prune=job.prune,
+                progress=lambda update: self._progress(job, update),
+                stop_event=job.stop_event,
+            )
+            job.summary = jsonable(summary)
+            job.state = "cancelled" if job.stop_event.is_set() else "succeeded"
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            job.error = f"{type(exc).__name__}: {exc}"
+            job.state = "failed"
+            if type(exc).__name__ == "StoreUnavailableError":
+                self.store.invalidate()
+        finally:
+            job.finished_at = _now()
+            with self._lock:
+                if self._running.get(job.index) == job.id:
+                    del self._running[job.index]
+            if self.metrics is not None:
+                self.metrics.jobs_running.dec()
+            log.info("job %s: %s", job.id, job.state)
+
+    def get(self, index: str, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None or job.index != index:
+            raise JobNotFoundError(f"no job {job_id!r} for index {index!r}")
+        return job
+
+    def list(self, index: str | None = None) -> list[Job]:
+        return [j for j in self._jobs.values() if index is None or j.index == index]
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Ask running jobs to stop at the next batch and wait for them (the indexer resumes later)."""
+        jobs = [j for j in self._jobs.values() if not j.finished]
+        for job in jobs:
+            job.stop_event.set()
+        for job in jobs:
+            if job.thread is not None:
+                job.thread.join(timeout)
