@@ -201,9 +201,7 @@ def create_app(
     def openapi() -> dict[str, Any]:
         """The generated schema, plus the limits that only exist at run time (k's maximum)."""
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             for param in schema["paths"].get("/search", {}).get("post", {}).get("parameters", []):
                 if param.get("name") == "k":
                     param["schema"]["maximum"] = settings.max_k

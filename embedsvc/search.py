@@ -518,7 +518,7 @@ class SearchEngine:
         models: Sequence[str] | None = None,
         label: int | str | None = None,
     ) -> SearchOutcome:
-        """"More like this": each model searches with its own stored vector of ``row_id``, excluding it."""
+        """ "More like this": each model searches with its own stored vector of ``row_id``, excluding it."""
         t0 = time.perf_counter()
         self.check_k(k)
         manifests = self.index_manifests(index)

@@ -169,8 +169,8 @@ def decode_base64(text: str, limit: int) -> bytes:
     response_model=SearchResponse,
     summary="Nearest indexed images for one query, per model",
     description=(
-        "The query is a multipart upload (field `image`), JSON `{\"image_base64\": ...}`, or JSON "
-        "`{\"id\": ...}` of an indexed image (\"more like this\": its stored vectors are used and it is "
+        'The query is a multipart upload (field `image`), JSON `{"image_base64": ...}`, or JSON '
+        '`{"id": ...}` of an indexed image ("more like this": its stored vectors are used and it is '
         "excluded from the results). The image is decoded once and run through every selected model."
     ),
     responses=error_responses(400, 404, 409, 413, 415, 422, 503),
