@@ -1,7 +1,232 @@
-"""Placeholder: this stage's commands are added by its own module."""
+"""`embedsvc index ...`: bulk-index ImageNet val or any folder; thin wrappers around ``run_index``.
+
+Every expected failure (database in use, manifest mismatch, missing weights, no images, --strict)
+ends with one ``error: ...`` line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.console import Console
+
+from embedsvc.cli_common import ALLOW_RANDOM, DATA_DIR, DEVICE, MILVUS_URI, MODELS, WEIGHTS, apply_overrides
+from embedsvc.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+index_app = typer.Typer(help="Bulk-index images into Milvus (one FLAT/L2 collection per model).", no_args_is_help=True)
+
+EXIT_ERROR = 1
+EXIT_STRICT = 3
+EXIT_INTERRUPTED = 130
+
+NAME = Annotated[str, typer.Option("--name", help="Index name (one collection per model).")]
+PRUNE = Annotated[bool, typer.Option("--prune", help="Delete rows whose files are gone.")]
+STRICT = Annotated[bool, typer.Option("--strict", help="Fail the run if any file cannot be indexed.")]
+LIMIT = Annotated[int | None, typer.Option("--limit", min=0, help="Index only the first N files (sorted).")]
+SHARD = Annotated[
+    str | None,
+    typer.Option("--shard", help="i/n: this worker takes hash partition i of n (0-based); n workers cover all."),
+]
+BATCH = Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass (default: settings).")]
+WORKERS = Annotated[int, typer.Option("--workers", min=0, help="DataLoader processes that decode ahead (0: none).")]
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's subcommands to the `embedsvc` app."""
+    """Add the ``index`` command group to the ``embedsvc`` app."""
+    app.add_typer(index_app, name="index")
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C / SIGTERM: finish the current batch, write what is done, exit. Second: abort."""
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("stopping after the current batch (signal %d again to abort)", signum)
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _run(
+    make_source: Callable[[], object],
+    *,
+    index_name: str,
+    settings: Settings,
+    batch_size: int | None,
+    workers: int,
+    prune: bool,
+    strict: bool,
+) -> None:
+    from embedsvc.embedder import load_embedders
+    from embedsvc.models.weights import WeightsNotFoundError
+    from embedsvc.store import DatabaseInUseError, ManifestMismatchError, Store, StoreError
+    from indexer.datasets import DatasetError
+    from indexer.progress import ProgressReporter, summary_table
+    from indexer.runner import IndexerError, StrictModeError, run_index
+
+    try:
+        source = make_source()
+    except (DatasetError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    if not source.items:  # type: ignore[attr-defined]
+        raise _fail("nothing selected to index (check --limit, --classes, --shard)")
+    try:
+        store = Store.from_settings(settings, owner=f"embedsvc index ({index_name})")
+    except DatabaseInUseError as exc:
+        raise _fail(str(exc)) from None
+    except StoreError as exc:
+        raise _fail(f"cannot open the Milvus store at {settings.resolved_milvus_uri}: {exc}") from None
+    stop = threading.Event()
+    try:
+        try:
+            embedders = load_embedders(settings.models, settings=settings)
+        except (WeightsNotFoundError, KeyError) as exc:
+            raise _fail(str(exc).strip("'\"")) from None
+        labels = {k: f"{k} (untrained)" if e.untrained else k for k, e in embedders.items()}
+        try:
+            with _stop_on_signals(stop), ProgressReporter(f"index {index_name}") as progress:
+                summary = run_index(
+                    source,  # type: ignore[arg-type]
+                    index_name=index_name,
+                    embedders=embedders,
+                    store=store,
+                    settings=settings,
+                    batch_size=batch_size,
+                    workers=workers,
+                    prune=prune,
+                    strict=strict,
+                    progress=progress,
+                    stop_event=stop,
+                )
+        except StrictModeError as exc:
+            raise _fail(str(exc), EXIT_STRICT) from None
+        except (ManifestMismatchError, IndexerError, StoreError) as exc:
+            raise _fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted", EXIT_INTERRUPTED) from None
+    finally:
+        store.close()
+    Console().print(summary_table(summary, labels))
+    if summary.failures_report is not None:
+        typer.echo(f"{len(summary.failures)} file(s) skipped; report: {summary.failures_report}", err=True)
+    if summary.stopped:
+        raise _fail("stopped before the end; rerun the same command to finish", EXIT_INTERRUPTED)
+
+
+@index_app.command("folder")
+def folder_cmd(
+    root: Annotated[Path, typer.Argument(help="Folder to index, recursively (images found by content).")],
+    name: NAME,
+    labels_from_dirs: Annotated[
+        bool, typer.Option("--labels-from-dirs", help="Label = first-level sub-folder name.")
+    ] = False,
+    labels_csv: Annotated[Path | None, typer.Option("--labels-csv", help="CSV of path,label (relative paths).")] = None,
+    prune: PRUNE = False,
+    strict: STRICT = False,
+    limit: LIMIT = None,
+    shard: SHARD = None,
+    batch_size: BATCH = None,
+    workers: WORKERS = 2,
+    models: MODELS = None,
+    weights: WEIGHTS = None,
+    allow_random_weights: ALLOW_RANDOM = False,
+    device: DEVICE = None,
+    milvus_uri: MILVUS_URI = None,
+    data_dir: DATA_DIR = None,
+) -> None:
+    """Index every image under ROOT into index NAME; rerun to resume, update or (--prune) clean up."""
+    from indexer.datasets import folder_source
+
+    settings = apply_overrides(
+        models=models,
+        weights=weights,
+        allow_random=allow_random_weights,
+        device=device,
+        milvus_uri=milvus_uri,
+        data_dir=data_dir,
+    )
+    _run(
+        lambda: folder_source(
+            root, labels_from_dirs=labels_from_dirs, labels_csv=labels_csv, limit=limit, shard=shard
+        ),
+        index_name=name,
+        settings=settings,
+        batch_size=batch_size,
+        workers=workers,
+        prune=prune,
+        strict=strict,
+    )
+
+
+@index_app.command("imagenet-val")
+def imagenet_val_cmd(
+    root: Annotated[Path, typer.Argument(help="ImageNet val: flat ILSVRC2012_val_*.JPEG or one folder per synset.")],
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="LOC_val_solution.csv, or the devkit's ILSVRC2012_validation_ground_truth.txt."),
+    ] = None,
+    devkit: Annotated[
+        Path | None, typer.Option("--devkit", help="ILSVRC2012_devkit_t12 folder (ground truth + meta.mat).")
+    ] = None,
+    classes: Annotated[
+        list[str] | None,
+        typer.Option("--classes", help="Class subset: synsets, timm class ids or ranges (0-9); repeatable/commas."),
+    ] = None,
+    name: Annotated[str, typer.Option("--name", help="Index name.")] = "imagenet-val",
+    prune: PRUNE = False,
+    strict: STRICT = False,
+    limit: LIMIT = None,
+    shard: SHARD = None,
+    batch_size: BATCH = None,
+    workers: WORKERS = 2,
+    models: MODELS = None,
+    weights: WEIGHTS = None,
+    allow_random_weights: ALLOW_RANDOM = False,
+    device: DEVICE = None,
+    milvus_uri: MILVUS_URI = None,
+    data_dir: DATA_DIR = None,
+) -> None:
+    """Index the ImageNet-1k validation set with timm's class ids and names as labels."""
+    from indexer.datasets import imagenet_val_source
+
+    settings = apply_overrides(
+        models=models,
+        weights=weights,
+        allow_random=allow_random_weights,
+        device=device,
+        milvus_uri=milvus_uri,
+        data_dir=data_dir,
+    )
+    _run(
+        lambda: imagenet_val_source(root, labels=labels, devkit=devkit, limit=limit, classes=classes, shard=shard),
+        index_name=name,
+        settings=settings,
+        batch_size=batch_size,
+        workers=workers,
+        prune=prune,
+        strict=strict,
+    )
