@@ -50,6 +50,12 @@ class BadRootError(JobError):
     code = "bad_root"
 
 
+class IndexRootMismatchError(JobError):
+    """The index exists and was built from another folder (its rows' paths mean other files)."""
+
+    code = "index_root_mismatch"
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -161,14 +167,24 @@ class JobManager:
                 if name not in chosen:
                     chosen.append(name)
             return chosen
-        existing: list[str] = []
-        try:
-            existing = list(self.store.call(lambda s: s.models_of(index)))
-        except Exception as exc:  # IndexNotFoundError: a new index gets every loaded model
-            if type(exc).__name__ != "IndexNotFoundError":
-                raise
+        existing = self.store.call(lambda s: s.models_of(index))  # [] for a new index
         loaded = [m for m in existing if m in self.embedders]
         return loaded or list(self.embedders)
+
+    def _check_same_root(self, index: str, folder: Path) -> None:
+        def roots(store: Any) -> set[str]:
+            out = set()
+            for key in store.models_of(index):
+                manifest = store.get_manifest(index, key) or {}
+                if manifest.get("dataset_root"):
+                    out.add(str(manifest["dataset_root"]))
+            return out
+
+        for root in self.store.call(roots):
+            if Path(root) != folder:
+                raise IndexRootMismatchError(
+                    f"index {index!r} was built from another folder; index {str(folder)!r} under a new index name"
+                )
 
     def start(
         self,
@@ -181,6 +197,7 @@ class JobManager:
     ) -> Job:
         folder = check_root(root, self.settings.allowed_roots)
         chosen = self._choose_models(index, models)
+        self._check_same_root(index, folder)
         with self._lock:
             running = self._running.get(index)
             if running is not None:
@@ -229,6 +246,9 @@ class JobManager:
                 embedders={k: self.embedders[k] for k in job.models},
                 store=self.store.get(),
                 settings=self.settings,
+                # Decode in the job thread: forking DataLoader workers out of a server process that
+                # holds gRPC channels and a threadpool is not safe.
+                workers=0,
                 prune=job.prune,
                 progress=lambda update: self._progress(job, update),
                 stop_event=job.stop_event,

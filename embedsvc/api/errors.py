@@ -17,7 +17,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedsvc.api.schemas import ErrorResponse
 from embedsvc.images import ImageDecodeError
-from embedsvc.jobs import BadRootError, JobConflictError, JobError, JobNotFoundError, RootNotAllowedError
+from embedsvc.jobs import (
+    BadRootError,
+    IndexRootMismatchError,
+    JobConflictError,
+    JobError,
+    JobNotFoundError,
+    RootNotAllowedError,
+)
 from embedsvc.search import (
     BadQueryError,
     IncompatibleModelError,
@@ -72,6 +79,7 @@ STATUS_BY_CLASS: dict[type[BaseException], int] = {
     SearchError: 400,
     RootNotAllowedError: 403,
     JobConflictError: 409,
+    IndexRootMismatchError: 409,
     JobNotFoundError: 404,
     BadRootError: 400,
     JobError: 400,
