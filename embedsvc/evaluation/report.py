@@ -68,6 +68,7 @@ def metric_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         if "chance" in entry:
             row["chance_precision@1"] = entry["chance"]["precision@1"]
             row["chance_knn_top1"] = entry["chance"]["knn_top1"]
+        row["fetch_seconds"] = entry.get("fetch_seconds")
         row["search_seconds"] = entry.get("search_seconds")
         rows.append(row)
     return rows

@@ -334,7 +334,12 @@ def evaluate_index(
     if unknown:
         raise ValueError(f"index {index!r} has no vectors for {unknown}; it has {available}")
     version = index_version(store, index)
-    fetched = {key: store.fetch_all(index, key) for key in keys}
+    fetched, fetch_s = {}, {}
+    for key in keys:
+        t0 = time.perf_counter()
+        fetched[key] = store.fetch_all(index, key)
+        fetch_s[key] = round(time.perf_counter() - t0, 3)
+        log.info("fetched %d vectors of %s/%s in %.1f s", len(fetched[key][0]), index, key, fetch_s[key])
     ids, labels, vectors = _align(fetched)
     label_names = _label_names(store, index, keys[0], ids, labels)
     n_queries = len(sample_queries(labels, sample, seed)) if len(ids) >= 2 else 0
@@ -355,6 +360,7 @@ def evaluate_index(
     summary = {"index": index, "version": [list(v) for v in version]} | ev.summary
     for key, entry in summary["models"].items():
         entry["model"] = _model_info(store.get_manifest(index, key))
+        entry["fetch_seconds"] = fetch_s[key]
         hubs = entry["hubness"]["top"]
         paths = _rel_paths(store, index, key, [h["id"] for h in hubs])
         for hub in hubs:

@@ -67,7 +67,8 @@ class ModelEval(BaseModel):
     chance: dict[str, float | None] | None = Field(
         default=None, description="The same metrics against labels shuffled among the labelled rows."
     )
-    search_seconds: float
+    search_seconds: float = Field(description="Time of the exact neighbour search of this model (scoring excluded).")
+    fetch_seconds: float | None = Field(default=None, description="Time to read this model's vectors from Milvus.")
     per_class: list[ClassScore]
     worst_classes: list[ClassScore]
     confusions: list[Confusion]
