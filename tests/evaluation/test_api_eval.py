@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -88,3 +90,17 @@ def test_cache_evicts_least_recently_used() -> None:
     assert cache.computations == 3
     assert cache.get_or_compute(("i", None, 1), version, result)[1] is True
     assert cache.get_or_compute(("i", None, 2), version, result)[1] is False
+
+
+def test_served_by_the_real_app(api) -> None:
+    """The route is mounted in create_app's router list and shares the store the lifespan holds."""
+    from embedsvc.main import create_app
+
+    _, _, store, _ = api
+    app = create_app(make_settings(Path(store.uri).parent), embedders={}, store_factory=lambda: Store(store.uri))
+    with TestClient(app) as client:
+        body = client.get("/indexes/photos/eval", params={"sample": 12, "seed": 4}).json()
+        assert client.get("/indexes/nope/eval").status_code == 404
+    want = evaluate_index(store, "photos", sample=12, seed=4)
+    assert body["models"]["wide"]["metrics"] == pytest.approx(want.summary["models"]["wide"]["metrics"])
+    assert "/indexes/{name}/eval" in app.openapi()["paths"]

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from embedsvc.api.deps import IndexPath, SettingsDep, StoreDep
 from embedsvc.api.errors import ApiError
+from embedsvc.api.schemas import error_responses
 from embedsvc.evaluation.runner import evaluate_index, index_version
 from embedsvc.evaluation.schemas import EvalResponse
 
@@ -85,7 +86,12 @@ def get_eval_cache(request: Request) -> EvalCache:
 EvalCacheDep = Annotated[EvalCache, Depends(get_eval_cache)]
 
 
-@router.get("/{name}/eval", response_model=EvalResponse)
+@router.get(
+    "/{name}/eval",
+    response_model=EvalResponse,
+    summary="Retrieval evaluation of an index",
+    responses=error_responses(404, 409, 422, 503),
+)
 def evaluate(
     name: IndexPath,
     store: StoreDep,
