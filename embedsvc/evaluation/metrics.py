@@ -60,6 +60,8 @@ def exact_knn(
         raise ValueError("leave-one-out needs at least 2 rows")
     k = min(k, n - 1)
     dev = torch.device(device)
+    if dev.type == "cuda" and torch.get_float32_matmul_precision() != "highest":
+        log.warning("float32 matmul precision is %r: distances may use TF32", torch.get_float32_matmul_precision())
     x = torch.as_tensor(np.ascontiguousarray(vectors)).to(dev, dtype)
     x_sq = (x * x).sum(1)
     query_rows = np.asarray(query_rows, dtype=np.int64)

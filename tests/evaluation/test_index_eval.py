@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from embedsvc.cli import app
+from embedsvc.evaluation.report import DOC_END, DOC_START
 from embedsvc.evaluation.runner import evaluate_arrays, evaluate_index, index_version
 from embedsvc.store import IndexNotFoundError, Store
 
@@ -160,3 +161,20 @@ def test_cli_unknown_index_is_one_error_line(lite) -> None:
     result = CliRunner().invoke(app, ["eval", "nope", "--data-dir", str(data)])
     assert result.exit_code == 1
     assert "error: no index 'nope'" in result.output
+
+
+def test_cli_update_doc_replaces_only_the_marked_block(lite, tmp_path: Path) -> None:
+    _, data, _ = lite
+    doc = tmp_path / "README.md"
+    doc.write_text(f"# Title\n\nbefore\n{DOC_START}\nold table\n{DOC_END}\nafter\n")
+    out = tmp_path / "r"
+    args = ["eval", "synth", "-m", "wide", "--out", str(out), "--data-dir", str(data), "--update-doc", str(doc)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = doc.read_text()
+    assert "old table" not in text and text.startswith("# Title\n\nbefore\n") and text.endswith(f"{DOC_END}\nafter\n")
+    assert (out / "results.md").read_text() in text
+    assert f"produced by `embedsvc eval synth -m wide --data-dir {data}`" in text
+    doc.write_text("no markers here\n")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "no <!-- embedsvc-eval:start -->" in result.output
