@@ -1,0 +1,203 @@
+"""Indexing throughput: forward-only vs end-to-end (decode + preprocess + forward + Milvus writes), one run.
+
+Forward-only: each model alone on preprocessed tensors already in memory, same batch size.
+End-to-end: ``run_index`` with all models in one pass over a folder of JPEGs into a fresh Milvus Lite
+file. The pipeline hides decode, preprocessing and writes behind compute when
+
+    ratio = e2e images/s / (1 / sum_m 1 / forward_only_m)
+
+is close to 1 (goal >= 0.85 on CPU, >= 0.8 on a GPU).
+
+Forward-only and end-to-end alternate over ``--rounds`` so both see the same load on a shared machine;
+medians are reported.
+
+    python bench/index_throughput.py --images 64 --batch-size 16 --results bench/results/index_throughput-cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import resource
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from embedsvc.core.config import DEFAULT_MODELS, Settings  # noqa: E402
+from embedsvc.embedder import Embedder, load_embedder  # noqa: E402
+from embedsvc.images import decode_image  # noqa: E402
+from embedsvc.store import Store  # noqa: E402
+from indexer.datasets import folder_source  # noqa: E402
+from indexer.runner import run_index  # noqa: E402
+
+SAMPLE_PHOTOS = REPO / "embedsvc" / "sample_photos"
+
+
+def make_images(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
+    """``count`` JPEGs of ``size`` from the bundled real photos (repeated, flipped/rotated to differ)."""
+    photos = sorted(SAMPLE_PHOTOS.glob("*/*.jpg"))
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(count):
+        img = decode_image(photos[i % len(photos)]).image
+        scale = max(size[0] / img.width, size[1] / img.height)
+        img = img.resize((max(size[0], round(img.width * scale)), max(size[1], round(img.height * scale))),
+                         Image.Resampling.BICUBIC)
+        left, top = (img.width - size[0]) // 2, (img.height - size[1]) // 2
+        img = img.crop((left, top, left + size[0], top + size[1]))
+        variant = i // len(photos)
+        if variant % 2:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if variant // 2 % 2:
+            img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        path = folder / f"img_{i:05d}.jpg"
+        path.write_bytes(buf.getvalue())
+        out.append(path)
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_only(emb: Embedder, batch: torch.Tensor, batches: int, warmup: bool) -> float:
+    """Images/s of ``emb.embed`` on an in-memory preprocessed batch (after an untimed warm-up call)."""
+    if warmup:
+        emb.embed(batch)
+        sync(emb.device)
+    start = time.perf_counter()
+    for _ in range(batches):
+        emb.embed(batch)
+    sync(emb.device)
+    return batches * batch.shape[0] / (time.perf_counter() - start)
+
+
+def peak_rss_mib() -> tuple[float, float]:
+    """(this process, largest child) peak resident set size in MiB (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return own, children
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--input-size", type=int, default=None, help="Override every model's input size.")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=256, help="Images in the end-to-end pass.")
+    parser.add_argument("--image-size", default="500x375", help="WxH of the generated JPEGs.")
+    parser.add_argument("--folder", type=Path, default=None, help="Index this folder instead of generated JPEGs.")
+    parser.add_argument("--fwd-batches", type=int, default=2, help="Timed forward-only batches per model per round.")
+    parser.add_argument("--rounds", type=int, default=3, help="Alternating forward-only / end-to-end rounds.")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader decode workers.")
+    parser.add_argument("--results", type=Path, default=None, help="Append a dated Markdown section here.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    work = Path(tempfile.mkdtemp(prefix="index-bench-"))
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    try:
+        settings = Settings(
+            data_dir=work / "data", milvus_uri="", offline=True, allow_random_weights=True, device=args.device,
+            input_size=args.input_size, batch_size=args.batch_size,
+        )
+        device = settings.resolved_device()
+        if args.folder:
+            folder = args.folder
+        else:
+            w, h = (int(x) for x in args.image_size.lower().split("x"))
+            folder = work / "images"
+            make_images(folder, args.images, (w, h))
+        source = folder_source(folder, limit=args.images)
+        n = len(source.items)
+        embedders = {key: load_embedder(key, settings=settings) for key in args.models}
+        hw = torch.cuda.get_device_name() if device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+        origin = str(folder) if args.folder else f"{args.image_size} JPEGs made from the sample photos"
+        say(f"device {device} ({hw}), torch {torch.__version__}, batch {args.batch_size}, workers {args.workers}, "
+            f"{n} images per round: {origin}")
+        for key, emb in embedders.items():
+            size = emb.data_config["input_size"]
+            say(f"  {key}: {emb.spec.model_name}, input {size[1]}x{size[2]}, dim {emb.dim}, {emb.provenance.label}")
+
+        # One batch of real preprocessed images per model, reused for every forward-only call.
+        sample = [decode_image(p).image for p in sorted(folder.rglob("*"))[: args.batch_size] if p.is_file()]
+        while len(sample) < args.batch_size:
+            sample += sample[: args.batch_size - len(sample)]
+        batches = {k: torch.stack([e.preprocess(img) for img in sample]) for k, e in embedders.items()}
+
+        # Rounds alternate forward-only and end-to-end so both see the same machine load.
+        fwd_rounds: list[dict[str, float]] = []
+        e2e_rounds: list[float] = []
+        busy_rounds: list[float] = []
+        pipe_rounds: list[dict[str, float]] = []
+        with Store(str(work / "data" / "bench.db"), owner="index throughput bench") as store:
+            for r in range(args.rounds):
+                fwd_r = {k: forward_only(e, batches[k], args.fwd_batches, r == 0) for k, e in embedders.items()}
+                summary = run_index(source, index_name=f"bench-{r}", embedders=embedders, store=store,
+                                    settings=settings, batch_size=args.batch_size, workers=args.workers)
+                rows = {k: store.count(f"bench-{r}", k) for k in embedders}
+                if any(v != n for v in rows.values()) or summary.failures:
+                    say(f"WARNING: expected {n} rows per model, got {rows}; failures {summary.failures[:3]}")
+                fwd_rounds.append(fwd_r)
+                e2e_rounds.append(n / summary.wall_s)
+                busy_rounds.append(sum(summary.extra["compute_s"].values()) / summary.wall_s)
+                pipe_rounds.append({k: c.images_per_s for k, c in summary.per_model.items()})
+                combined_r = 1.0 / sum(1.0 / v for v in fwd_r.values())
+                say(f"round {r + 1}: forward-only {combined_r:.3f} im/s, e2e {e2e_rounds[-1]:.3f} im/s "
+                    f"({n} images in {summary.wall_s:.1f} s), ratio {e2e_rounds[-1] / combined_r:.3f}, "
+                    f"load avg {os.getloadavg()[0]:.1f}")
+
+        med = statistics.median
+        fwd = {k: med(fr[k] for fr in fwd_rounds) for k in embedders}
+        ratios = [e / (1.0 / sum(1.0 / v for v in fr.values())) for e, fr in zip(e2e_rounds, fwd_rounds, strict=True)]
+        say()
+        say(f"{'model':<16} {'fwd-only im/s':>14} {'in-pipeline fwd im/s':>21}   (medians over {args.rounds} rounds)")
+        for k in embedders:
+            say(f"{k:<16} {fwd[k]:>14.2f} {med(p[k] for p in pipe_rounds):>21.2f}")
+        say()
+        combined = 1.0 / sum(1.0 / r for r in fwd.values())
+        say(f"forward-only, all {len(embedders)} models on one image stream: {combined:.3f} images/s")
+        say(f"end-to-end one pass (decode+preprocess+{len(embedders)} models+writes): {med(e2e_rounds):.3f} images/s")
+        say(f"ratio e2e / forward-only: median {med(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+        say(f"models busy {med(busy_rounds):.1%} of the e2e wall time (median)")
+        own, child = peak_rss_mib()
+        mem = f"peak RSS: main process {own:,.0f} MiB, largest child (decode worker / Lite server) {child:,.0f} MiB"
+        if device.startswith("cuda"):
+            mem += f", GPU peak allocated {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB"
+        say(mem)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        command = "python bench/index_throughput.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        with open(args.results, "a", encoding="utf-8") as fh:
+            fh.write(f"\n## {stamp}\n\n```\n{command}\n```\n\n```\n" + "\n".join(lines) + "\n```\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
