@@ -23,6 +23,7 @@ from embedsvc import __version__
 from embedsvc.api.deps import AppState
 from embedsvc.api.errors import ApiError, error_response, install_error_handlers
 from embedsvc.api.main import api_router
+from embedsvc.api.schemas import ErrorResponse
 from embedsvc.core.config import Settings, get_settings
 from embedsvc.embedder import Embedder
 from embedsvc.jobs import JobManager
@@ -106,6 +107,25 @@ def _operation_id(route: APIRoute) -> str:
     """``tag-name`` operation ids, as the FastAPI template does, for readable generated clients."""
     tag = route.tags[0] if route.tags else "default"
     return f"{tag}-{route.name}"
+
+
+def _use_error_schema_for_422(schema: dict[str, Any]) -> None:
+    """Validation errors leave as ``{"detail", "error", "errors"}`` (see api.errors), also on routes
+    that did not declare it: document that instead of FastAPI's default HTTPValidationError."""
+    ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            response = op.get("responses", {}).get("422")
+            if response and "HTTPValidationError" in str(response):
+                op["responses"]["422"] = {
+                    "description": "Validation Error",
+                    "content": {"application/json": {"schema": ref}},
+                }
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault("ErrorResponse", ErrorResponse.model_json_schema())
+    for name in ("HTTPValidationError", "ValidationError"):
+        if name not in str(schema["paths"]):
+            components.pop(name, None)
 
 
 def default_store_factory(settings: Settings) -> Callable[[], Store]:
@@ -205,6 +225,7 @@ def create_app(
             for param in schema["paths"].get("/search", {}).get("post", {}).get("parameters", []):
                 if param.get("name") == "k":
                     param["schema"]["maximum"] = settings.max_k
+            _use_error_schema_for_422(schema)
             for path, ops in schema["paths"].items():
                 if path.endswith("/thumbnail"):
                     for param in ops["get"].get("parameters", []):

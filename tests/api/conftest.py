@@ -27,6 +27,13 @@ INDEX = "photos"
 MODELS = ["efficientnet_lite0", "deit3_small", "convnext_tiny"]
 LABELS = ["bird", "fish", "windmill"]
 PER_LABEL = 4
+# Limits of the test app (small, so every limit can be hit with tiny files).
+LIMITS = {
+    "max_upload_bytes": 200_000,
+    "max_image_pixels": 1_000_000,
+    "max_k": 20,
+    "thumbnail_sizes": [32, 64],
+}
 
 
 @dataclass
@@ -71,11 +78,8 @@ def api_env(tmp_path_factory: pytest.TempPathFactory) -> ApiEnv:
         base,
         models=MODELS,
         allowed_roots=[allowed],
-        max_upload_bytes=200_000,
-        max_image_pixels=1_000_000,
-        max_k=20,
-        thumbnail_sizes=[32, 64],
         cors_origins=["http://ui.example"],
+        **LIMITS,
     )
     embedders = load_embedders(MODELS, settings=settings)
     with Store.from_settings(settings, owner="tests/api fixture") as store:
