@@ -1,0 +1,321 @@
+"""Compare models: one query image, one column of nearest neighbours per model, side by side.
+
+Run with ``embedsvc ui``. The page is a client of the REST API only (see ``webui.common``): it asks
+the API to search, fetches thumbnails from it, and draws. The current query lives in session state
+(``query``): an uploaded file's bytes, or the id of an indexed image; clicking a neighbour's button
+makes that neighbour's id the next query, and the URL (``?index=..&id=..``) follows id queries so a
+view can be shared or opened from the Evaluation page.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from typing import Any
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from embedsvc.api.schemas import IndexInfo, ModelResult, Neighbour, QueryInfo, SearchResponse
+from embedsvc.client import ApiError, ApiUnavailableError
+from webui import compare
+from webui.common import (
+    INDEX_STATE,
+    QUERY_STATE,
+    api_call,
+    api_down_message,
+    api_url,
+    choose_index,
+    client,
+    image_bytes,
+    index_rows,
+    label_names,
+    sidebar_links,
+)
+
+ANY_LABEL = "(any label)"
+K_CANDIDATES = (100, 50, 30, 20, 10, 5, 1)  # the API's max_k is a server setting: find it by asking
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
+
+
+# -- state ------------------------------------------------------------------------------------------
+
+
+def set_query_id(row_id: int, index: str | None = None) -> None:
+    """Button callback: make an indexed image the query (runs before the rerun that shows it)."""
+    st.session_state[QUERY_STATE] = {"kind": "id", "id": int(row_id)}
+    if index:
+        st.session_state[INDEX_STATE] = index
+
+
+def sync_url(query: dict[str, Any] | None, index: str) -> None:
+    """Keep ``?index=..&id=..`` in step with the view, so it can be bookmarked or shared."""
+    wanted = {"index": index}
+    if query and query["kind"] == "id":
+        wanted["id"] = str(query["id"])
+    if st.query_params.to_dict() != wanted:
+        st.query_params.from_dict(wanted)
+
+
+def query_from_url() -> None:
+    """A deep link (``?id=``) sets the query once per distinct link, not on every rerun."""
+    link_id = st.query_params.get("id")
+    if link_id and link_id.isdigit() and st.session_state.get("url_applied") != link_id:
+        st.session_state["url_applied"] = link_id
+        if st.session_state.get(QUERY_STATE, {}).get("id") != int(link_id):
+            st.session_state[QUERY_STATE] = {"kind": "id", "id": int(link_id)}
+
+
+# -- API calls (cached: a rerun for a click must not re-run three forward passes) ----------------------
+
+
+@st.cache_data(show_spinner=False, max_entries=256, ttl=600)
+def run_search(
+    base_url: str,
+    index: str,
+    models: tuple[str, ...],
+    k: int,
+    label: str | None,
+    kind: str,
+    payload: bytes | int,
+    filename: str = "query",
+) -> SearchResponse:
+    """One search; errors are raised, so they are never cached."""
+    api = client()
+    if kind == "id":
+        return api.search_by_id(int(payload), index=index, k=k, models=list(models), label=label)
+    assert isinstance(payload, bytes)
+    return api.search_upload(payload, index=index, k=k, models=list(models), label=label, filename=filename)
+
+
+def _noise_png(seed: int) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+@st.cache_data(show_spinner="Looking through the index…", max_entries=32, ttl=300)
+def browse_pool(base_url: str, index: str, models: tuple[str, ...], rows: int) -> tuple[int, list[dict[str, Any]]]:
+    """(the API's max k, indexed images to pick from).
+
+    The API lists no image ids, so the pool is what the models return for a noise image at the
+    largest k the API allows: every image of a small index, a varied sample of a large one.
+    """
+    api = client()
+    for k in K_CANDIDATES:
+        try:
+            resp = api.search_upload(_noise_png(rows), index=index, k=min(k, max(rows, 1)), models=list(models))
+        except ApiError as exc:
+            if exc.code == "k_out_of_range":
+                continue
+            raise
+        pool: dict[int, dict[str, Any]] = {}
+        for model in resp.models:
+            for n in model.neighbours:
+                pool.setdefault(n.id, {"id": n.id, "rel_path": n.rel_path, "label": n.label_name})
+        return k, sorted(pool.values(), key=lambda r: (str(r["label"]), r["rel_path"]))
+    return 1, []
+
+
+# -- drawing ----------------------------------------------------------------------------------------
+
+
+def show_query(query: dict[str, Any], info: QueryInfo | None) -> None:
+    st.subheader("Query")
+    if query["kind"] == "upload":
+        st.image(query["data"], caption=f"uploaded: {query['name']}", width="stretch")
+    else:
+        data = image_bytes(info.thumbnail_url) if info else None
+        if data:
+            st.image(data, caption=f"indexed image #{query['id']}", width="stretch")
+        else:
+            st.caption(f"indexed image #{query['id']} (no thumbnail)")
+    if info is None:
+        return
+    if info.label_name or info.label_id is not None:
+        st.markdown(f"**Label:** {info.label_name or info.label_id}")
+    else:
+        st.caption("Label unknown: same-label marks need a labelled (indexed) query.")
+    if info.rel_path:
+        st.caption(info.rel_path)
+    if info.width and info.height:
+        st.caption(f"{info.width}×{info.height} px" + (f" · {info.format}" if info.format else ""))
+
+
+def show_neighbour(model: ModelResult, n: Neighbour, shared: set[int], index: str) -> None:
+    data = image_bytes(n.thumbnail_url)
+    if data:
+        st.image(data, caption=compare.caption(n), width="stretch")
+    else:
+        st.caption(f"{compare.caption(n)} (thumbnail unavailable)")
+    marks = compare.marks_for(n, shared)
+    badges = []
+    if marks.same_label is True:
+        badges.append(f":green-badge[{compare.SAME_LABEL_MARK}]")
+    elif marks.same_label is False:
+        badges.append(f":gray-badge[{compare.OTHER_LABEL_MARK}]")
+    if marks.shared:
+        badges.append(f":violet-badge[{compare.SHARED_MARK}]")
+    if badges:
+        st.markdown(" ".join(badges))
+    st.button(
+        "Query with this",
+        key=f"requery-{model.model_key}-{n.rank}-{n.id}",
+        on_click=set_query_id,
+        args=(n.id,),
+        help=f"Make #{n.id} ({n.rel_path}) the query: more like this",
+        icon="🔁",
+        width="stretch",
+    )
+
+
+def show_model(model: ModelResult, shared: set[int], index: str, per_row: int) -> None:
+    with st.container(key=f"model-{model.model_key}"):
+        st.subheader(model.display_name)
+        st.caption(f"`{model.model_key}` · {model.model_name} · {model.dim}-d")
+        if model.untrained:
+            st.error(f"**UNTRAINED** (random weights): {model.provenance.label}. Its neighbours mean nothing.",
+                     icon="⚠️")
+        else:
+            st.caption(f"Weights: {model.provenance.label}")
+        st.caption(compare.timings_line(model))
+        line = compare.precision_line(model)
+        if line:
+            st.markdown(f"**{line}**")
+        if not model.neighbours:
+            st.info("No neighbours (the label filter may exclude every image).")
+        for start in range(0, len(model.neighbours), per_row):
+            cells = st.columns(per_row) if per_row > 1 else [st.container()]
+            for cell, n in zip(cells, model.neighbours[start : start + per_row], strict=False):
+                with cell:
+                    show_neighbour(model, n, shared, index)
+
+
+def show_overlap(response: SearchResponse) -> None:
+    keys = [m.model_key for m in response.models]
+    if len(keys) < 2:
+        return
+    st.subheader(f"Overlap between models (Jaccard@{response.k})")
+    frame = compare.jaccard_matrix(keys, response.overlap)
+    left, right = st.columns([1, 1])
+    with left:
+        chart_data = compare.jaccard_long(frame)
+        base = alt.Chart(chart_data).encode(
+            x=alt.X("b:N", title=None, sort=keys), y=alt.Y("a:N", title=None, sort=keys)
+        )
+        heat = base.mark_rect().encode(
+            color=alt.Color("jaccard:Q", scale=alt.Scale(domain=[0, 1], scheme="blues"), title="Jaccard")
+        )
+        text = base.mark_text(baseline="middle").encode(
+            text=alt.Text("jaccard:Q", format=".2f"),
+            color=alt.condition("datum.jaccard > 0.5", alt.value("white"), alt.value("black")),
+        )
+        st.altair_chart(heat + text, width="stretch")
+    with right:
+        st.dataframe(frame.style.format("{:.2f}"), width="stretch")
+        st.caption("|A ∩ B| / |A ∪ B| of two models' neighbour ids: 1 = same set, 0 = nothing in common.")
+    st.dataframe(pd.DataFrame(compare.summary_rows(response)), hide_index=True, width="stretch")
+
+
+def sidebar_controls(info: IndexInfo) -> tuple[list[str], int, str | None]:
+    keys = [m.model_key for m in info.models]
+    models = st.sidebar.multiselect(
+        "Models (1–4)",
+        keys,
+        default=keys[: compare.MAX_MODELS],
+        max_selections=compare.MAX_MODELS,
+        key=f"models-{info.name}",
+        help="Which of this index's models to compare.",
+    )
+    k = st.sidebar.slider("k (neighbours per model)", 1, 50, 8, key="k")
+    labels = label_names(info)
+    label = st.sidebar.selectbox(
+        "Label filter", [ANY_LABEL, *labels], key=f"label-{info.name}", help="Only neighbours with this label."
+    )
+    return models, k, None if label == ANY_LABEL else label
+
+
+def query_controls(info: IndexInfo, models: list[str]) -> None:
+    """Upload, pick an indexed image, or a random one; each sets the session's query."""
+    up_col, pick_col, rand_col = st.columns([2, 2, 1], vertical_alignment="bottom")
+    with up_col:
+        upload = st.file_uploader("Upload a query image", type=UPLOAD_TYPES, key="upload")
+    if upload is not None and st.session_state.get("upload_seen") != upload.file_id:
+        st.session_state["upload_seen"] = upload.file_id
+        st.session_state[QUERY_STATE] = {"kind": "upload", "name": upload.name, "data": upload.getvalue()}
+    loaded = [m.model_key for m in info.models if m.loaded and m.model_key in models] or models
+    try:
+        _, pool = browse_pool(api_url(), info.name, tuple(loaded), index_rows(info))
+    except (ApiError, ApiUnavailableError):
+        pool = []
+    with pick_col:
+        if pool:
+            labels = {r["id"]: f"{r['label'] or '?'} · {r['rel_path']}" for r in pool}
+            picked = st.selectbox("…or pick an indexed image", list(labels), format_func=labels.get, key="pick")
+            st.button("Use this image", on_click=set_query_id, args=(picked,), key="pick-go")
+        else:
+            st.caption("No indexed images to pick from.")
+    with rand_col:
+        if pool:
+            st.button("🎲 Random", on_click=lambda: set_query_id(random.choice(pool)["id"]), key="random",
+                      help="A random image from the index.")
+
+
+def main() -> None:
+    st.set_page_config(page_title="embedsvc: compare models", page_icon="🔍", layout="wide")
+    sidebar_links()
+    st.title("Which model finds what?")
+    listing = api_call(client().indexes, what="Listing indexes")
+    info = choose_index(listing)
+    if info is None:
+        st.stop()
+    if index_rows(info) == 0:
+        st.info(f"Index **{info.name}** is empty: index some images first (Index overview page).", icon="📭")
+        st.stop()
+    models, k, label = sidebar_controls(info)
+    if not models:
+        st.warning("Choose at least one model in the sidebar.")
+        st.stop()
+    query_from_url()
+    query_controls(info, models)
+    query = st.session_state.get(QUERY_STATE)
+    sync_url(query, info.name)
+    if not query:
+        st.info("Upload an image, pick an indexed one, or press **Random** to see each model's neighbours.",
+                icon="👆")
+        st.stop()
+    payload = query["data"] if query["kind"] == "upload" else query["id"]
+    try:
+        with st.spinner("Searching with every model…"):
+            response = run_search(
+                api_url(), info.name, tuple(models), k, label, query["kind"], payload, query.get("name", "query")
+            )
+    except ApiUnavailableError as exc:
+        st.error(api_down_message(exc), icon="🔌")
+        st.stop()
+    except ApiError as exc:
+        what = "The upload was rejected" if query["kind"] == "upload" else "The search failed"
+        st.error(f"{what}: {exc.detail} (HTTP {exc.status}, `{exc.code}`)", icon="🚫")
+        st.stop()
+    for skipped in response.skipped:
+        st.warning(f"`{skipped.model_key}` left out: {skipped.reason}")
+    shared = compare.shared_ids(response.models)
+    n = len(response.models)
+    per_row = {1: 4, 2: 2}.get(n, 1)
+    query_col, *model_cols = st.columns([1.2] + [float(per_row)] * n, gap="medium")
+    with query_col:
+        show_query(query, response.query)
+        if n >= 2:
+            st.caption(f"{len(shared)} image(s) found by every model ({compare.SHARED_MARK}).")
+        st.caption(f"Search took {response.total_ms:.0f} ms in all (decode {response.decode_ms:.1f} ms).")
+    for col, model in zip(model_cols, response.models, strict=True):
+        with col:
+            show_model(model, shared, info.name, per_row)
+    show_overlap(response)
+
+
+main()
