@@ -1,0 +1,242 @@
+"""The pages through Streamlit's own AppTest, against a running API (uvicorn) on a small real index.
+
+What a user does, step by step: upload, look at each model's column, click a neighbour to requery,
+pick or draw a random indexed image, filter by label; and what they see when things go wrong (API
+down, upload rejected, no index). The expected results come from the API itself, asked directly.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import Block
+
+from embedsvc.client import EmbedsvcClient
+from embedsvc.store import row_id
+from tests.webui.conftest import INDEX, MODELS, RunningApi, dead_url, serve
+from webui import compare
+
+APP = Path(__file__).resolve().parents[2] / "webui" / "app.py"
+TIMEOUT = 120
+K = 4
+
+
+@pytest.fixture
+def api(running_api: RunningApi) -> Iterator[EmbedsvcClient]:
+    with EmbedsvcClient(running_api.url) as client:
+        yield client
+
+
+@pytest.fixture
+def at(running_api: RunningApi, ui_api_url: Callable[[str], None]) -> AppTest:
+    """The comparison page pointed at the running API, with k set to K."""
+    ui_api_url(running_api.url)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    at.sidebar.slider(key="k").set_value(K).run()
+    return at
+
+
+def photo(running_api: RunningApi, rel: str) -> bytes:
+    return (running_api.dataset / rel).read_bytes()
+
+
+def model_block(at: AppTest, key: str) -> Block:
+    """The column of one model (the page keys its container ``model-<key>``)."""
+    found = [b for b in at.container if b.key == f"model-{key}"]
+    assert len(found) == 1, [b.key for b in at.container]
+    return found[0]
+
+
+def neighbour_ids(block: Block) -> list[int]:
+    """Neighbour ids in rank order, read off the column's "Query with this" buttons."""
+    keys = [b.key for b in block.button if b.key and b.key.startswith("requery-")]
+    return [int(k.rsplit("-", 1)[1]) for k in keys]
+
+
+def errors(at: AppTest) -> list[str]:
+    """Error boxes other than the (expected) UNTRAINED notices."""
+    return [e.value for e in at.error if "UNTRAINED" not in e.value]
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, at.exception
+    assert not errors(at), errors(at)
+
+
+def test_upload_shows_one_column_per_model(at: AppTest, running_api: RunningApi, api: EmbedsvcClient) -> None:
+    data = photo(running_api, "bird/erase_gosling.jpg")
+    at.file_uploader(key="upload").set_value(("gosling.jpg", data, "image/jpeg")).run()
+    assert_clean(at)
+    expected = api.search_upload(data, index=INDEX, k=K, models=MODELS)
+    assert at.session_state["query"]["kind"] == "upload"
+    assert "Query" in [h.value for h in at.subheader]
+    for model in expected.models:
+        block = model_block(at, model.model_key)
+        assert [h.value for h in block.subheader] == [model.display_name]
+        assert neighbour_ids(block) == [n.id for n in model.neighbours]
+        images = [img for el in block.image for img in el.captions]
+        assert images == [compare.caption(n) for n in model.neighbours]  # rank, distance, label
+        assert len(images) == K
+        timings = " ".join(c.value for c in block.caption)
+        assert "forward" in timings and "ms" in timings and model.provenance.label in timings + " ".join(
+            e.value for e in block.error
+        )
+        untrained_box = [e.value for e in block.error if "UNTRAINED" in e.value]
+        assert bool(untrained_box) == model.untrained  # random weights are flagged where they are used
+    assert any(m.untrained for m in expected.models) and not all(m.untrained for m in expected.models)
+    # Upload: the query's label is unknown, so no same-label marks, but the shared marks are there.
+    all_markdown = " ".join(m.value for m in at.markdown)
+    assert compare.SAME_LABEL_MARK not in all_markdown
+    shared = compare.shared_ids(expected.models)
+    assert all_markdown.count(compare.SHARED_MARK) == len(shared) * len(MODELS)
+    # Overlap: the heat map's table is the API's Jaccard per pair.
+    frame = compare.jaccard_matrix(MODELS, expected.overlap)
+    shown = [df.value for df in at.dataframe]
+    assert any(getattr(v, "shape", None) == frame.shape for v in shown)
+    heat = [c.proto.spec for c in at.get("vega_lite_chart")]
+    assert len(heat) == 1 and "jaccard" in heat[0]
+
+
+def test_click_a_neighbour_to_requery_with_marks(at: AppTest, running_api: RunningApi, api: EmbedsvcClient) -> None:
+    at.file_uploader(key="upload").set_value(("fish.jpg", photo(running_api, "fish/categorization_fish1.jpg"),
+                                              "image/jpeg")).run()
+    assert_clean(at)
+    first = MODELS[0]
+    target = neighbour_ids(model_block(at, first))[1]
+    at.button(key=next(b.key for b in model_block(at, first).button if b.key.endswith(f"-{target}"))).click().run()
+    assert_clean(at)
+    assert at.session_state["query"] == {"kind": "id", "id": target}  # the neighbour is the next query
+    assert at.query_params["id"] == str(target) and at.query_params["index"] == INDEX  # shareable URL
+    expected = api.search_by_id(target, index=INDEX, k=K, models=MODELS)
+    assert expected.query.label_name
+    assert f"**Label:** {expected.query.label_name}" in [m.value for m in at.markdown]
+    shared = compare.shared_ids(expected.models)
+    for model in expected.models:
+        block = model_block(at, model.model_key)
+        ids = neighbour_ids(block)
+        assert ids == [n.id for n in model.neighbours] and target not in ids  # "more like this" excludes itself
+        text = " ".join(m.value for m in block.markdown)
+        same = sum(bool(n.same_label_as_query) for n in model.neighbours)
+        assert text.count(compare.SAME_LABEL_MARK) == same
+        assert text.count(compare.OTHER_LABEL_MARK) == K - same
+        assert text.count(compare.SHARED_MARK) == len(shared)
+        assert f"**{same} of {K} share the query's label**" in text
+
+
+def test_pick_random_and_label_filter(at: AppTest, running_api: RunningApi, api: EmbedsvcClient) -> None:
+    pick = at.selectbox(key="pick")
+    assert len(pick.options) == len(running_api.rel_paths)  # a small index: every image can be picked
+    rel = next(r for r in running_api.rel_paths if r.startswith("windmill/"))
+    assert f"windmill · {rel}" in pick.options
+    pick.select(row_id(INDEX, rel)).run()
+    at.button(key="pick-go").click().run()
+    assert_clean(at)
+    assert at.session_state["query"] == {"kind": "id", "id": row_id(INDEX, rel)}
+    assert "**Label:** windmill" in [m.value for m in at.markdown]
+
+    at.button(key="random").click().run()
+    assert_clean(at)
+    assert at.session_state["query"]["kind"] == "id"
+
+    at.sidebar.selectbox(key=f"label-{INDEX}").select("fish").run()
+    assert_clean(at)
+    captions = [c for el in at.image for c in el.captions if c.startswith("#")]
+    assert len(captions) == K * len(MODELS) and all(c.endswith("· fish") for c in captions)
+
+
+def test_api_down_shows_a_message(running_api: RunningApi, ui_api_url: Callable[[str], None]) -> None:
+    url = dead_url()
+    ui_api_url(url)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert len(at.error) == 1
+    assert f"The embedsvc API at {url} is not reachable" in at.error[0].value
+    assert "embedsvc serve" in at.error[0].value
+
+
+def test_rejected_upload_shows_the_api_message(at: AppTest) -> None:
+    at.file_uploader(key="upload").set_value(("notes.jpg", b"this is not an image", "image/jpeg")).run()
+    assert not at.exception
+    assert len(errors(at)) == 1
+    message = errors(at)[0]
+    assert message.startswith("The upload was rejected:") and "not a recognised image format" in message
+    assert "Traceback" not in message and not [b for b in at.container if (b.key or "").startswith("model-")]
+
+
+def test_too_large_upload_shows_the_api_message(at: AppTest) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (3000, 3000), "white").save(buf, "PNG")  # small file, too many pixels for the API
+    at.file_uploader(key="upload").set_value(("huge.png", buf.getvalue(), "image/png")).run()
+    assert not at.exception
+    assert len(errors(at)) == 1 and errors(at)[0].startswith("The upload was rejected:")
+
+
+def test_no_index_yet(running_api: RunningApi, ui_api_url: Callable[[str], None], tmp_path: Path) -> None:
+    from embedsvc.main import create_app
+    from tests.support import make_settings
+
+    settings = make_settings(tmp_path, models=MODELS)
+    with serve(create_app(settings, embedders=running_api.embedders)) as url:
+        ui_api_url(url)
+        at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("No index yet" in w.value for w in at.warning)
+
+
+def test_index_overview_lists_and_starts_a_job(at: AppTest, running_api: RunningApi) -> None:
+    at.switch_page("pages/1_Index_overview.py").run()
+    assert_clean(at)
+    assert "Index overview" in [t.value for t in at.title]
+    table = at.dataframe[0].value
+    assert list(table["index"]) == [INDEX] and int(table["rows"][0]) == len(running_api.rel_paths)
+    assert any("UNTRAINED" in w.value for w in at.warning)
+    # Refused folder: the API's message, no job.
+    at.text_input(key="job-index").input("ui-job")
+    at.text_input(key="job-root").input("/etc")
+    at.button(key="FormSubmitter:bulk-index-Start indexing").click().run()
+    assert not at.exception
+    assert any(e.value.startswith("The API refused the job:") for e in at.error)
+    # An allowed folder: a job starts and its progress shows.
+    folder = running_api.allowed / "ui-job"
+    (folder / "fish").mkdir(parents=True)
+    (folder / "fish" / "a.jpg").write_bytes(photo(running_api, "fish/categorization_fish1.jpg"))
+    at.text_input(key="job-root").input(str(folder))
+    at.multiselect(key="job-models").select("efficientnet_lite0")
+    at.button(key="FormSubmitter:bulk-index-Start indexing").click().run()
+    assert not at.exception
+    index, job_id = at.session_state["overview_job"]
+    assert index == "ui-job" and job_id
+    assert any(f"Job {job_id} on **ui-job**" in p.proto.text for p in at.get("progress"))
+
+
+def test_evaluation_page_and_disagreement_opens_side_by_side(at: AppTest, api: EmbedsvcClient) -> None:
+    at.switch_page("pages/2_Evaluation.py").run()
+    assert_clean(at)
+    report = api.evaluation(INDEX)
+    table = at.dataframe[0].value
+    scored = table[table["scored against"] == "labels"]
+    assert list(scored["model"]) == list(report.models)
+    for key, m in report.models.items():
+        assert scored.set_index("model").loc[key, "precision@1"] == pytest.approx(m.metrics["precision@1"])
+    charts = [c.proto.spec for c in at.get("vega_lite_chart")]
+    assert len(charts) == 1 and "precision@k" in charts[0]  # the precision@k curves
+    assert [s.value for s in at.subheader][:4] == [
+        "Metrics per model", "Precision@k", "Worst classes", "Where the models disagree"
+    ]
+    opens = [b for b in at.button if b.key and b.key.startswith("open-")]
+    examples = report.cross_model.agreement.examples
+    expected = sum(min(len(v), 6) for v in examples.only_right.values()) + min(len(examples.none_right), 6)
+    assert len(opens) == expected > 0
+    target = int(opens[0].key.rsplit("-", 1)[1])
+    opens[0].click().run()
+    assert_clean(at)
+    assert at.session_state["query"] == {"kind": "id", "id": target}
+    assert "Which model finds what?" in [t.value for t in at.title]  # back on the comparison page
+    assert all(target not in neighbour_ids(model_block(at, key)) for key in MODELS)
