@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -35,7 +36,13 @@ class ProgressReporter:
     """Callable progress sink for :func:`indexer.runner.run_index`; use as a context manager."""
 
     def __init__(
-        self, title: str, *, stream: TextIO | None = None, interactive: bool | None = None, interval_s: float = 10.0
+        self,
+        title: str,
+        *,
+        stream: TextIO | None = None,
+        interactive: bool | None = None,
+        interval_s: float = 10.0,
+        console: Console | None = None,
     ) -> None:
         stream = stream or sys.stderr
         self.title = title
@@ -49,13 +56,13 @@ class ProgressReporter:
         if self.interactive:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=30),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rates]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
-                console=Console(file=stream),
+                console=console or Console(file=stream),
                 transient=False,
             )
 
@@ -73,12 +80,12 @@ class ProgressReporter:
     def __call__(self, update: ProgressUpdate) -> None:
         if self._progress is not None:
             if self._task is None:
-                self._task = self._progress.add_task(self.title, total=update.total, rates="")
+                self._task = self._progress.add_task(escape(self.title), total=update.total, rates="")
             self._progress.update(
                 self._task,
                 completed=update.done,
                 total=update.total,
-                description=f"{self.title} [{update.phase}]",
+                description=escape(f"{self.title} [{update.phase}]"),  # "[done]" is not markup
                 rates=_rates(update.per_model_rate),
             )
             return
