@@ -34,10 +34,12 @@ from webui.common import (
     index_rows,
     label_names,
     sidebar_links,
+    square_image_bytes,
 )
 
 ANY_LABEL = "(any label)"
 K_CANDIDATES = (100, 50, 30, 20, 10, 5, 1)  # the API's max_k is a server setting: find it by asking
+REQUERY_LABEL = "Use as query"
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 
 
@@ -147,7 +149,7 @@ def show_query(query: dict[str, Any], info: QueryInfo | None) -> None:
 
 
 def show_neighbour(model: ModelResult, n: Neighbour, shared: set[int], index: str) -> None:
-    data = image_bytes(n.thumbnail_url)
+    data = square_image_bytes(n.thumbnail_url)
     if data:
         st.image(data, caption=compare.caption(n), width="stretch")
     else:
@@ -155,20 +157,19 @@ def show_neighbour(model: ModelResult, n: Neighbour, shared: set[int], index: st
     marks = compare.marks_for(n, shared)
     badges = []
     if marks.same_label is True:
-        badges.append(f":green-badge[{compare.SAME_LABEL_MARK}]")
+        badges.append(f":green-badge[:material/check: {compare.SAME_LABEL_MARK}]")
     elif marks.same_label is False:
-        badges.append(f":gray-badge[{compare.OTHER_LABEL_MARK}]")
+        badges.append(f":gray-badge[:material/close: {compare.OTHER_LABEL_MARK}]")
     if marks.shared:
-        badges.append(f":violet-badge[{compare.SHARED_MARK}]")
+        badges.append(f":violet-badge[:material/join_inner: {compare.SHARED_MARK}]")
     if badges:
         st.markdown(" ".join(badges))
     st.button(
-        "Query with this",
+        REQUERY_LABEL,
         key=f"requery-{model.model_key}-{n.rank}-{n.id}",
         on_click=set_query_id,
         args=(n.id,),
-        help=f"Make #{n.id} ({n.rel_path}) the query: more like this",
-        icon="🔁",
+        help=f"Make #{n.id} ({n.rel_path}) the next query: more like this",
         width="stretch",
     )
 
@@ -179,7 +180,7 @@ def show_model(model: ModelResult, shared: set[int], index: str, per_row: int) -
         st.caption(f"`{model.model_key}` · {model.model_name} · {model.dim}-d")
         if model.untrained:
             st.error(f"**UNTRAINED** (random weights): {model.provenance.label}. Its neighbours mean nothing.",
-                     icon="⚠️")
+                     icon=":material/warning:")
         else:
             st.caption(f"Weights: {model.provenance.label}")
         st.caption(compare.timings_line(model))
@@ -205,8 +206,9 @@ def show_overlap(response: SearchResponse) -> None:
     with left:
         chart_data = compare.jaccard_long(frame)
         base = alt.Chart(chart_data).encode(
-            x=alt.X("b:N", title=None, sort=keys), y=alt.Y("a:N", title=None, sort=keys)
-        )
+            x=alt.X("b:N", title=None, sort=keys, axis=alt.Axis(labelAngle=0, orient="top")),
+            y=alt.Y("a:N", title=None, sort=keys),
+        ).properties(height=48 * len(keys))
         heat = base.mark_rect().encode(
             color=alt.Color("jaccard:Q", scale=alt.Scale(domain=[0, 1], scheme="blues"), title="Jaccard")
         )
@@ -261,12 +263,12 @@ def query_controls(info: IndexInfo, models: list[str]) -> None:
             st.caption("No indexed images to pick from.")
     with rand_col:
         if pool:
-            st.button("🎲 Random", on_click=lambda: set_query_id(random.choice(pool)["id"]), key="random",
-                      help="A random image from the index.")
+            st.button("Random", on_click=lambda: set_query_id(random.choice(pool)["id"]), key="random",
+                      icon=":material/casino:", help="A random image from the index.")
 
 
 def main() -> None:
-    st.set_page_config(page_title="embedsvc: compare models", page_icon="🔍", layout="wide")
+    st.set_page_config(page_title="embedsvc: compare models", page_icon=":material/compare:", layout="wide")
     sidebar_links()
     st.title("Which model finds what?")
     listing = api_call(client().indexes, what="Listing indexes")
@@ -274,7 +276,10 @@ def main() -> None:
     if info is None:
         st.stop()
     if index_rows(info) == 0:
-        st.info(f"Index **{info.name}** is empty: index some images first (Index overview page).", icon="📭")
+        st.info(
+            f"Index **{info.name}** is empty: index some images first (Index overview page).",
+            icon=":material/inbox:",
+        )
         st.stop()
     models, k, label = sidebar_controls(info)
     if not models:
@@ -286,7 +291,7 @@ def main() -> None:
     sync_url(query, info.name)
     if not query:
         st.info("Upload an image, pick an indexed one, or press **Random** to see each model's neighbours.",
-                icon="👆")
+                icon=":material/upload:")
         st.stop()
     payload = query["data"] if query["kind"] == "upload" else query["id"]
     try:
@@ -295,22 +300,22 @@ def main() -> None:
                 api_url(), info.name, tuple(models), k, label, query["kind"], payload, query.get("name", "query")
             )
     except ApiUnavailableError as exc:
-        st.error(api_down_message(exc), icon="🔌")
+        st.error(api_down_message(exc), icon=":material/power_off:")
         st.stop()
     except ApiError as exc:
         what = "The upload was rejected" if query["kind"] == "upload" else "The search failed"
-        st.error(f"{what}: {exc.detail} (HTTP {exc.status}, `{exc.code}`)", icon="🚫")
+        st.error(f"{what}: {exc.detail} (HTTP {exc.status}, `{exc.code}`)", icon=":material/block:")
         st.stop()
     for skipped in response.skipped:
         st.warning(f"`{skipped.model_key}` left out: {skipped.reason}")
     shared = compare.shared_ids(response.models)
     n = len(response.models)
-    per_row = {1: 4, 2: 2}.get(n, 1)
+    per_row = {1: 5, 2: 3}.get(n, 2)  # thumbnails per row inside a model's column
     query_col, *model_cols = st.columns([1.2] + [float(per_row)] * n, gap="medium")
     with query_col:
         show_query(query, response.query)
         if n >= 2:
-            st.caption(f"{len(shared)} image(s) found by every model ({compare.SHARED_MARK}).")
+            st.caption(f"{len(shared)} image(s) found by every model (marked *{compare.SHARED_MARK}*).")
         st.caption(f"Search took {response.total_ms:.0f} ms in all (decode {response.decode_ms:.1f} ms).")
     for col, model in zip(model_cols, response.models, strict=True):
         with col:

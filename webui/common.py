@@ -7,10 +7,12 @@ traceback and stops the page there, so the rest of a page can assume it has data
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import streamlit as st
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from embedsvc.api.schemas import IndexInfo, IndexList
 from embedsvc.client import ApiError, ApiUnavailableError, EmbedsvcClient
@@ -21,9 +23,9 @@ T = TypeVar("T")
 INDEX_STATE = "index_name"  # survives page switches (widget keys do not)
 QUERY_STATE = "query"
 PAGES = (
-    ("app.py", "Compare models", "🔍"),
-    ("pages/1_Index_overview.py", "Index overview", "🗂️"),
-    ("pages/2_Evaluation.py", "Evaluation", "📊"),
+    ("app.py", "Compare models", ":material/compare:"),
+    ("pages/1_Index_overview.py", "Index overview", ":material/folder_open:"),
+    ("pages/2_Evaluation.py", "Evaluation", ":material/insights:"),
 )
 
 
@@ -54,10 +56,10 @@ def api_call(fn: Callable[..., T], *args: Any, what: str = "The API", **kwargs: 
     try:
         return fn(*args, **kwargs)
     except ApiUnavailableError as exc:
-        st.error(api_down_message(exc), icon="🔌")
+        st.error(api_down_message(exc), icon=":material/power_off:")
         st.stop()
     except ApiError as exc:
-        st.error(f"{what} refused: {exc.detail} (HTTP {exc.status}, `{exc.code}`)", icon="🚫")
+        st.error(f"{what} refused: {exc.detail} (HTTP {exc.status}, `{exc.code}`)", icon=":material/block:")
         st.stop()
     raise AssertionError("unreachable")  # st.stop() raises; this keeps type checkers honest
 
@@ -73,6 +75,27 @@ def fetch_bytes(base_url: str, url: str) -> bytes | None:
 
 def image_bytes(url: str | None) -> bytes | None:
     return fetch_bytes(api_url(), url) if url else None
+
+
+@st.cache_data(show_spinner=False, max_entries=2048, ttl=3600)
+def _square(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as img:
+        side = min(img.size)
+        out = ImageOps.fit(img.convert("RGB"), (side, side))
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def square_image_bytes(url: str | None) -> bytes | None:
+    """A thumbnail centre-cropped to a square, so a column's grid lines up whatever the aspect ratios."""
+    data = image_bytes(url)
+    if data is None:
+        return None
+    try:
+        return _square(data)
+    except (UnidentifiedImageError, OSError):
+        return data
 
 
 def sidebar_links() -> None:
@@ -96,7 +119,7 @@ def choose_index(listing: IndexList, *, where: Any = None) -> IndexInfo | None:
         st.warning(
             "No index yet. Build one with `embedsvc index FOLDER --name NAME`, or start a bulk-index job "
             "on the **Index overview** page.",
-            icon="📭",
+            icon=":material/inbox:",
         )
         return None
     names = [i.name for i in listing.data]

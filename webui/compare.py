@@ -14,9 +14,9 @@ import pandas as pd
 from embedsvc.api.schemas import ModelResult, Neighbour, OverlapPair, SearchResponse
 
 MAX_MODELS = 4
-SAME_LABEL_MARK = "✅ same label"
-OTHER_LABEL_MARK = "✖ other label"
-SHARED_MARK = "🤝 found by every model"
+SAME_LABEL_MARK = "same label"
+OTHER_LABEL_MARK = "other label"
+SHARED_MARK = "found by all"  # every model returned it
 
 
 def shared_ids(models: Sequence[ModelResult]) -> set[int]:

@@ -20,9 +20,15 @@ FINISHED = ("succeeded", "failed", "cancelled")
 def show_readiness() -> None:
     ready = api_call(client().ready, what="Readiness check")
     if ready.ready:
-        st.success(f"API ready: models {', '.join(ready.models_loaded) or '(none)'}; Milvus {ready.milvus}.", icon="✅")
+        st.success(
+            f"API ready: models {', '.join(ready.models_loaded) or '(none)'}; Milvus {ready.milvus}.",
+            icon=":material/check_circle:",
+        )
     else:
-        st.warning(f"API not ready: {ready.reason or 'no reason given'} (Milvus {ready.milvus}).", icon="⏳")
+        st.warning(
+            f"API not ready: {ready.reason or 'no reason given'} (Milvus {ready.milvus}).",
+            icon=":material/hourglass_empty:",
+        )
 
 
 def index_table(listing: IndexList) -> pd.DataFrame:
@@ -60,7 +66,10 @@ def model_table(models: ModelList) -> pd.DataFrame:
 def show_indexes(listing: IndexList) -> None:
     st.subheader("Indexes")
     if not listing.data:
-        st.info("No index yet: start one with the form below, or run `embedsvc index FOLDER --name NAME`.", icon="📭")
+        st.info(
+            "No index yet: start one with the form below, or run `embedsvc index FOLDER --name NAME`.",
+            icon=":material/inbox:",
+        )
         return
     st.dataframe(index_table(listing), hide_index=True, width="stretch")
     for info in listing.data:
@@ -96,9 +105,9 @@ def show_job(job: JobInfo) -> None:
     if p.per_model_rate:
         st.caption(" · ".join(f"{k}: {v:.1f} img/s" for k, v in p.per_model_rate.items()))
     if job.state == "failed":
-        st.error(f"Job failed: {job.error}", icon="🚫")
+        st.error(f"Job failed: {job.error}", icon=":material/block:")
     elif job.state == "succeeded" and job.summary:
-        st.success("Job finished.", icon="✅")
+        st.success("Job finished.", icon=":material/check_circle:")
         st.json(job.summary, expanded=False)
 
 
@@ -111,10 +120,10 @@ def job_progress_body() -> None:
     try:
         job = client().job(index, job_id)
     except ApiUnavailableError as exc:
-        st.error(api_down_message(exc), icon="🔌")
+        st.error(api_down_message(exc), icon=":material/power_off:")
         return
     except ApiError as exc:
-        st.error(f"Job {job_id}: {exc.detail}", icon="🚫")
+        st.error(f"Job {job_id}: {exc.detail}", icon=":material/block:")
         return
     show_job(job)
     if job.state in FINISHED and not st.session_state.get(f"{JOB_STATE}-done-{job_id}"):
@@ -152,17 +161,17 @@ def start_job_form(listing: IndexList, models: ModelList) -> None:
             name.strip(), root.strip(), labels_from_dirs=labels_from_dirs, prune=prune, models=chosen or None
         )
     except ApiUnavailableError as exc:
-        st.error(api_down_message(exc), icon="🔌")
+        st.error(api_down_message(exc), icon=":material/power_off:")
         return
     except ApiError as exc:
-        st.error(f"The API refused the job: {exc.detail} (HTTP {exc.status}, `{exc.code}`)", icon="🚫")
+        st.error(f"The API refused the job: {exc.detail} (HTTP {exc.status}, `{exc.code}`)", icon=":material/block:")
         return
     st.session_state[JOB_STATE] = (job.index, job.id)
     st.toast(f"Started job {job.id} on {job.index}")
 
 
 def main() -> None:
-    st.set_page_config(page_title="embedsvc: indexes", page_icon="🗂️", layout="wide")
+    st.set_page_config(page_title="embedsvc: indexes", page_icon=":material/folder_open:", layout="wide")
     sidebar_links()
     st.title("Index overview")
     show_readiness()
@@ -172,7 +181,10 @@ def main() -> None:
     st.subheader("Served models")
     st.dataframe(model_table(models), hide_index=True, width="stretch")
     if any(m.untrained for m in models.data):
-        st.warning("Some served models run UNTRAINED random weights: their neighbours are meaningless.", icon="⚠️")
+        st.warning(
+            "Some served models run UNTRAINED random weights: their neighbours are meaningless.",
+            icon=":material/warning:",
+        )
     start_job_form(listing, models)
     job_progress()
 

@@ -91,7 +91,7 @@ def example_row(index: str, title: str, ids: list[int], key: str) -> None:
                 st.image(data, caption=f"#{row_id}", width="stretch")
             else:
                 st.caption(f"#{row_id}")
-            if st.button("Side by side", key=f"open-{key}-{row_id}", icon="🔍", width="stretch"):
+            if st.button("Side by side", key=f"open-{key}-{row_id}", icon=":material/compare:", width="stretch"):
                 open_side_by_side(index, row_id)
 
 
@@ -105,7 +105,10 @@ def show_report(report: EvalResponse) -> None:
     )
     untrained = [k for k, m in report.models.items() if m.model and m.model.trained is False]
     if untrained:
-        st.warning(f"UNTRAINED (random weights): {', '.join(untrained)}. Expect scores near chance.", icon="⚠️")
+        st.warning(
+            f"UNTRAINED (random weights): {', '.join(untrained)}. Expect scores near chance.",
+            icon=":material/warning:",
+        )
 
     st.subheader("Metrics per model")
     with_chance = st.toggle("Show the chance level (same neighbours, shuffled labels)", value=True, key="chance")
@@ -150,7 +153,7 @@ def show_report(report: EvalResponse) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="embedsvc: evaluation", page_icon="📊", layout="wide")
+    st.set_page_config(page_title="embedsvc: evaluation", page_icon=":material/insights:", layout="wide")
     sidebar_links()
     st.title("Evaluation")
     listing = api_call(client().indexes, what="Listing indexes")
@@ -159,7 +162,10 @@ def main() -> None:
         st.stop()
     rows = index_rows(info)
     if rows < 2:
-        st.info(f"Index **{info.name}** has {rows} row(s): evaluation needs at least two labelled images.", icon="📭")
+        st.info(
+            f"Index **{info.name}** has {rows} row(s): evaluation needs at least two labelled images.",
+            icon=":material/inbox:",
+        )
         st.stop()
     everything = st.sidebar.checkbox(f"All {rows} queries", value=rows <= DEFAULT_SAMPLE, key="eval-all")
     sample = None if everything else int(
