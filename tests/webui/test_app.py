@@ -8,6 +8,10 @@ down, upload rejected, no index). The expected results come from the API itself,
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -240,3 +244,26 @@ def test_evaluation_page_and_disagreement_opens_side_by_side(at: AppTest, api: E
     assert at.session_state["query"] == {"kind": "id", "id": target}
     assert "Which model finds what?" in [t.value for t in at.title]  # back on the comparison page
     assert all(target not in neighbour_ids(model_block(at, key)) for key in MODELS)
+
+
+def test_every_page_says_when_the_api_is_down_and_imports_no_model_code(tmp_path: Path) -> None:
+    """In a fresh process: each page shows the "not reachable" message, and torch/pymilvus never load
+    (the UI image ships without them)."""
+    script = tmp_path / "pages.py"
+    script.write_text(
+        "import json, sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(APP)!r}, default_timeout=60).run()\n"
+        "seen = [[e.value for e in at.error]]\n"
+        "for page in ('pages/1_Index_overview.py', 'pages/2_Evaluation.py'):\n"
+        "    seen.append([e.value for e in at.switch_page(page).run().error])\n"
+        "    assert not at.exception, at.exception\n"
+        "heavy = sorted(m for m in ('torch', 'timm', 'pymilvus', 'milvus_lite') if m in sys.modules)\n"
+        "print(json.dumps([seen, heavy]))\n"
+    )
+    env = {**os.environ, "EMBEDSVC_API_URL": dead_url()}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+    assert heavy == []
+    assert len(seen) == 3 and all(len(errs) == 1 and "is not reachable" in errs[0] for errs in seen), seen

@@ -13,6 +13,7 @@ and no background networking (the closed network refuses those connections).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Page, sync_playwright
 
 from tests.webui.conftest import MODELS, RunningApi, free_port, wait_http
 from webui.cli import streamlit_command, ui_environment
@@ -65,10 +67,8 @@ def ui_url(running_api: RunningApi, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
-def page(tmp_path: Path) -> Iterator[object]:
+def page(tmp_path: Path) -> Iterator[Page]:
     """A fresh Chromium with an empty profile and a wide viewport (three model columns side by side)."""
-    from playwright.sync_api import sync_playwright
-
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing: run `make browser-deps` (apt-get install chromium)", pytrace=False)
     with sync_playwright() as pw:
@@ -86,13 +86,8 @@ def page(tmp_path: Path) -> Iterator[object]:
             context.close()
 
 
-def test_upload_in_a_real_browser(page: object, ui_url: str, running_api: RunningApi, tmp_path: Path) -> None:
-    models = {m["key"]: m for m in httpx.get(f"{running_api.url}/models").json()["data"]}
-    page.goto(ui_url, wait_until="domcontentloaded")
-    page.get_by_text("Which model finds what?").wait_for(timeout=60_000)
-    page.locator("input[type=file]").set_input_files(str(running_api.dataset / QUERY))
-
-    # Every model's column holds k thumbnails that have actually loaded (not only <img> tags).
+def wait_for_columns(page: Page) -> None:
+    """Until every model's column holds k thumbnails that have actually loaded (not only <img> tags)."""
     page.wait_for_function(
         """([keys, k]) => keys.every(key => {
             const imgs = [...document.querySelectorAll(`.st-key-model-${key} [data-testid="stImage"] img`)];
@@ -101,6 +96,15 @@ def test_upload_in_a_real_browser(page: object, ui_url: str, running_api: Runnin
         arg=[MODELS, K_DEFAULT],
         timeout=120_000,
     )
+
+
+def test_upload_in_a_real_browser(page: Page, ui_url: str, running_api: RunningApi, tmp_path: Path) -> None:
+    models = {m["key"]: m for m in httpx.get(f"{running_api.url}/models").json()["data"]}
+    page.goto(ui_url, wait_until="domcontentloaded")
+    page.get_by_text("Which model finds what?").wait_for(timeout=60_000)
+    page.locator("input[type=file]").set_input_files(str(running_api.dataset / QUERY))
+
+    wait_for_columns(page)
     # Streamlit scrolls inside its own container, so a "full page" shot is the viewport: grow the
     # viewport to the content's height instead, then let the layout settle.
     height = page.evaluate(
@@ -127,3 +131,17 @@ def test_upload_in_a_real_browser(page: object, ui_url: str, running_api: Runnin
     assert page.get_by_text("uploaded: erase_heron.jpg").count() == 1  # the query beside the columns
     assert page.get_by_text("Overlap between models").count() == 1
     assert SCREENSHOT.stat().st_size > 20_000
+
+    # Click a neighbour: it becomes the next query (by id), in the URL too, and same-label marks appear.
+    button = page.locator(f"[class*='st-key-requery-{MODELS[0]}-2-']")
+    target = next(c for c in button.get_attribute("class").split() if c.startswith("st-key-requery-"))
+    target_id = target.rsplit("-", 1)[1]
+    button.get_by_role("button").click()
+    page.wait_for_url(f"**id={target_id}**", timeout=60_000)
+    page.get_by_text(f"indexed image #{target_id}").wait_for(timeout=60_000)
+    wait_for_columns(page)
+    for key in MODELS:
+        column = page.locator(f".st-key-model-{key}")
+        marks = column.get_by_text(re.compile(r"^\W*\w*\W*(same|other) label$")).count()
+        assert marks == K_DEFAULT, key  # the query's label is known now: every neighbour is marked
+    page.screenshot(path=str(tmp_path / "screenshot-ui-requery.png"))
