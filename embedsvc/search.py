@@ -24,7 +24,7 @@ import torch
 
 from embedsvc.core.config import Settings
 from embedsvc.embedder import Embedder
-from embedsvc.images import decode_image
+from embedsvc.images import ImageDecodeError, decode_image
 from embedsvc.store import IndexNotFoundError, Store, StoreError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -465,8 +465,6 @@ class SearchEngine:
         t0 = time.perf_counter()
         self.check_k(k)
         if len(data) > self.settings.max_upload_bytes:
-            from embedsvc.images import ImageDecodeError
-
             raise ImageDecodeError(
                 name, "too_large", f"{len(data):,} bytes exceeds the limit of {self.settings.max_upload_bytes:,}"
             )
