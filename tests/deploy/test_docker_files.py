@@ -77,10 +77,10 @@ ui_requirements = _load_ui_requirements()
 
 
 def run_compose(*args: str, env: dict[str, str] | None = None, compose_file: Path = COMPOSE_FILE):
-    """`docker-compose -f FILE ARGS` with only the variables given (nothing leaks in from this shell)."""
+    """`docker-compose -f FILE ARGS` with only the variables given: none from this shell or a local docker/.env."""
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(Path(compose_file).parent)}
     return subprocess.run(
-        [str(COMPOSE), "-f", str(compose_file), *args],
+        [str(COMPOSE), "--env-file", os.devnull, "-f", str(compose_file), *args],
         env=base | (env or {}),
         capture_output=True,
         text=True,
