@@ -58,14 +58,17 @@ def precision_curves(report: EvalResponse) -> alt.Chart:
                     {"model": key, "k": k, "precision": m.chance.get(f"precision@{k}"), "scored against": "chance"}
                 )
     data = pd.DataFrame(rows).dropna(subset=["precision"])
+    ks = [int(k) for k in data["k"]] or [1]
     return (
         alt.Chart(data)
         .mark_line(point=True)
         .encode(
-            x=alt.X("k:Q", scale=alt.Scale(type="log"), title="k"),
+            x=alt.X("k:Q", scale=alt.Scale(type="log", domain=[min(ks), max(ks)], nice=False), title="k"),
             y=alt.Y("precision:Q", scale=alt.Scale(domain=[0, 1]), title="precision@k"),
             color=alt.Color("model:N"),
-            strokeDash=alt.StrokeDash("scored against:N"),
+            strokeDash=alt.StrokeDash(
+                "scored against:N", scale=alt.Scale(domain=["labels", "chance"], range=[[1, 0], [4, 4]])
+            ),
             tooltip=["model", "k", alt.Tooltip("precision:Q", format=".3f"), "scored against"],
         )
     )
@@ -78,10 +81,11 @@ def open_side_by_side(index: str, row_id: int) -> None:
     st.switch_page("app.py", query_params={"index": index, "id": str(row_id)})
 
 
-def example_row(index: str, title: str, ids: list[int], key: str) -> None:
-    st.markdown(f"**{title}** ({len(ids)} shown)")
+def example_row(index: str, title: str, count: int, ids: list[int], key: str) -> None:
+    shown = min(len(ids), EXAMPLES_SHOWN)
+    noun = "query" if count == 1 else "queries"
+    st.markdown(f"**{title}**: {count} {noun}" + (f", {shown} shown" if shown < count else ""))
     if not ids:
-        st.caption("None.")
         return
     cols = st.columns(EXAMPLES_SHOWN)
     for col, row_id in zip(cols, ids[:EXAMPLES_SHOWN], strict=False):
@@ -148,8 +152,8 @@ def show_report(report: EvalResponse) -> None:
     if examples is None:
         return
     for key, ids in examples.only_right.items():
-        example_row(report.index, f"Only {key} is right ({agree.only_right.get(key, 0)} queries)", ids, key)
-    example_row(report.index, f"No model is right ({agree.none_right} queries)", examples.none_right, "none")
+        example_row(report.index, f"Only {key} is right at rank 1", agree.only_right.get(key, 0), ids, key)
+    example_row(report.index, "No model is right at rank 1", agree.none_right, examples.none_right, "none")
 
 
 def main() -> None:
