@@ -295,7 +295,7 @@ class SearchEngine:
         self.settings = settings
         self.observer = observer
         on_cpu = all(e.device.type == "cpu" for e in self.embedders.values())
-        self._gate: threading.Lock | None = threading.Lock() if on_cpu else None
+        self.gate: threading.Lock | None = threading.Lock() if on_cpu else None
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -311,9 +311,9 @@ class SearchEngine:
                 self.observer(model_key, stage, seconds)
 
     def forward(self, embedder: Embedder, batch: torch.Tensor) -> np.ndarray:
-        if self._gate is None:
+        if self.gate is None:
             return embedder.embed(batch)
-        with self._gate:
+        with self.gate:
             return embedder.embed(batch)
 
     def check_k(self, k: int) -> None:

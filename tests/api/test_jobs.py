@@ -124,3 +124,16 @@ def _unavailable():
     from embedsvc.store import StoreUnavailableError
 
     raise StoreUnavailableError("no Milvus in this test")
+
+
+def test_job_forwards_share_the_search_cpu_gate(client: TestClient, api_env: ApiEnv) -> None:
+    """On CPU a job's batch forwards take turns with searches' forwards (never both at once)."""
+    root = api_env.allowed / "gated"
+    write_images(root, 2, start_seed=50)
+    gate = client.app.state.svc.engine.gate
+    assert gate is not None
+    with gate:
+        job = client.post("/indexes/gated/jobs", json={"root": str(root), "models": ["deit3_small"]}).json()
+        time.sleep(1.5)
+        assert client.get(f"/indexes/gated/jobs/{job['id']}").json()["progress"]["done"] == 0
+    assert _wait(client, "gated", job["id"])["state"] == "succeeded"
