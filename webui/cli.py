@@ -8,7 +8,6 @@ settings as everything else.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -57,14 +56,11 @@ def ui_environment(api_url: str, base: dict[str, str] | None = None) -> dict[str
     return env
 
 
-def run_ui(*, port: int, host: str, api_url: str) -> int:
-    """Run Streamlit in the foreground until it exits (Ctrl-C stops it); returns its exit code."""
-    proc = subprocess.Popen(streamlit_command(port=port, host=host), env=ui_environment(api_url))
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+def run_ui(*, port: int, host: str, api_url: str) -> None:
+    """Replace this process with Streamlit, so that Ctrl-C, SIGTERM (docker stop, `make demo`) and the
+    exit status reach Streamlit itself and no orphaned server is left behind."""
+    cmd = streamlit_command(port=port, host=host)
+    os.execve(cmd[0], cmd, ui_environment(api_url))
 
 
 def register(app: typer.Typer) -> None:
@@ -79,5 +75,4 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Serve the side-by-side comparison page (Streamlit) for a running `embedsvc serve`."""
-        code = run_ui(port=port, host=host, api_url=api_url or get_settings().api_url)
-        raise typer.Exit(code)
+        run_ui(port=port, host=host, api_url=api_url or get_settings().api_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -12,25 +13,20 @@ from embedsvc.core.config import Settings, get_settings
 from webui import cli as ui_cli
 
 
-class FakeProc:
-    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
-        self.cmd, self.env = cmd, env
+def fake_exec(seen: dict[str, Any]) -> Any:
+    def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
+        seen.update(path=path, cmd=argv, env=env)
 
-    def wait(self) -> int:
-        return 0
+    return execve
 
 
 def test_ui_command_runs_streamlit_with_the_api_url(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
-
-    def popen(cmd: list[str], env: dict[str, str]) -> FakeProc:
-        seen["proc"] = FakeProc(cmd, env)
-        return seen["proc"]
-
-    monkeypatch.setattr(ui_cli.subprocess, "Popen", popen)
+    monkeypatch.setattr(ui_cli.os, "execve", fake_exec(seen))
     result = CliRunner().invoke(cli_app, ["ui", "--port", "8642", "--api-url", "http://10.0.0.5:9000/"])
     assert result.exit_code == 0, result.output
-    cmd, env = seen["proc"].cmd, seen["proc"].env
+    cmd, env = seen["cmd"], seen["env"]
+    assert seen["path"] == cmd[0] == sys.executable  # exec: signals reach Streamlit, nothing is orphaned
     assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == str(ui_cli.APP_PATH)
     assert cmd[cmd.index("--server.port") + 1] == "8642"
     assert cmd[cmd.index("--server.headless") + 1] == "true"
@@ -42,7 +38,7 @@ def test_ui_command_runs_streamlit_with_the_api_url(monkeypatch: pytest.MonkeyPa
 
 def test_ui_command_defaults_to_the_settings_api_url(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(ui_cli.subprocess, "Popen", lambda cmd, env: seen.setdefault("p", FakeProc(cmd, env)))
+    monkeypatch.setattr(ui_cli.os, "execve", fake_exec(seen))
     monkeypatch.setenv("EMBEDSVC_API_URL", "http://api.internal:8000")
     get_settings.cache_clear()
     try:
@@ -51,5 +47,5 @@ def test_ui_command_defaults_to_the_settings_api_url(monkeypatch: pytest.MonkeyP
         monkeypatch.delenv("EMBEDSVC_API_URL")
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
-    assert seen["p"].env["EMBEDSVC_API_URL"] == "http://api.internal:8000"
-    assert seen["p"].cmd[seen["p"].cmd.index("--server.port") + 1] == "8501"
+    assert seen["env"]["EMBEDSVC_API_URL"] == "http://api.internal:8000"
+    assert seen["cmd"][seen["cmd"].index("--server.port") + 1] == "8501"
