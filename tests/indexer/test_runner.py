@@ -193,8 +193,6 @@ def test_manifest_mismatch_is_an_error_and_writes_nothing(tmp_path: Path, two_em
 
 @pytest.mark.parametrize("layout", ["flat-loc", "flat-devkit", "synset-folders"])
 def test_imagenet_layouts_index_timm_labels(tmp_path: Path, two_embedders, settings, lite_uri, layout: str) -> None:
-    if layout == "flat-devkit":
-        pytest.importorskip("scipy")
     root = tmp_path / "val"
     if layout == "synset-folders":
         write_synset_folders(root)
