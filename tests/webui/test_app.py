@@ -182,8 +182,11 @@ def test_too_large_upload_shows_the_api_message(at: AppTest) -> None:
     assert len(errors(at)) == 1 and errors(at)[0].startswith("The upload was rejected:")
 
 
-def test_no_index_yet(running_api: RunningApi, ui_api_url: Callable[[str], None], tmp_path: Path) -> None:
+def test_no_index_yet_then_an_empty_index(
+    running_api: RunningApi, ui_api_url: Callable[[str], None], tmp_path: Path
+) -> None:
     from embedsvc.main import create_app
+    from embedsvc.store import Store
     from tests.support import make_settings
 
     settings = make_settings(tmp_path, models=MODELS)
@@ -192,6 +195,15 @@ def test_no_index_yet(running_api: RunningApi, ui_api_url: Callable[[str], None]
         at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert any("No index yet" in w.value for w in at.warning)
+
+    emb = running_api.embedders[MODELS[0]]
+    with Store.from_settings(settings, owner="tests/webui empty index") as store:
+        store.ensure_collection("empty", emb.key, emb.manifest() | {"dataset_root": str(tmp_path), "label_names": []})
+    with serve(create_app(settings, embedders=running_api.embedders)) as url:
+        ui_api_url(url)
+        at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception and not at.error
+    assert any("Index **empty** is empty" in i.value for i in at.info)
 
 
 def test_index_overview_lists_and_starts_a_job(at: AppTest, running_api: RunningApi) -> None:
