@@ -174,3 +174,67 @@ def test_same_label_marks_on_real_weights(client: TestClient, api_env: ApiEnv) -
         ).json()
         agree += body["models"][0]["neighbours"][0]["same_label_as_query"]
     assert agree >= len(api_env.rel_paths) * 2 // 3, agree
+
+
+def test_concurrent_requests_give_the_sequential_answers(client: TestClient, api_env: ApiEnv) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = [("upload", rel) for rel in api_env.rel_paths[:3]] + [("id", rel) for rel in api_env.rel_paths[3:6]]
+
+    def run(query: tuple[str, str]) -> list[list[int]]:
+        kind, rel = query
+        if kind == "upload":
+            resp = client.post(
+                "/search", params={"index": INDEX, "k": 4}, files={"image": ("q.jpg", _query_bytes(api_env, rel))}
+            )
+        else:
+            resp = client.post("/search", params={"index": INDEX, "k": 4}, json={"id": row_id(INDEX, rel)})
+        assert resp.status_code == 200, resp.text
+        return [[n["id"] for n in m["neighbours"]] for m in resp.json()["models"]]
+
+    sequential = [run(q) for q in queries]
+    with ThreadPoolExecutor(6) as pool:
+        parallel = list(pool.map(run, queries * 2))
+    assert parallel == sequential * 2
+
+
+@pytest.fixture(scope="module")
+def partial_index(client: TestClient, store: Store, api_env: ApiEnv) -> str:
+    """An index with one model this service runs and one it does not (gresnet50 is not loaded)."""
+    name = "partial"
+    lite = client.app.state.svc.embedders["efficientnet_lite0"]
+    rels = api_env.rel_paths[:4]
+    rng = np.random.default_rng(3)
+    for key, manifest in (
+        ("efficientnet_lite0", lite.manifest()),
+        ("gresnet50", {"model_name": "gresnet50.fl_in1k", "dim": 16, "normalize": True, "display_name": "GResNet-50"}),
+    ):
+        store.ensure_collection(name, key, manifest | {"dataset_root": str(api_env.dataset)})
+        store.upsert(
+            name,
+            key,
+            [
+                {"id": row_id(name, r), "vector": rng.standard_normal(manifest["dim"]).astype(np.float32),
+                 "rel_path": r, "content_hash": ""}
+                for r in rels
+            ],
+        )  # fmt: skip
+    return name
+
+
+def test_index_models_the_service_does_not_run(client: TestClient, api_env: ApiEnv, partial_index: str) -> None:
+    data = _query_bytes(api_env)
+    body = client.post("/search", params={"index": partial_index, "k": 2}, files={"image": ("q.jpg", data)}).json()
+    assert [m["model_key"] for m in body["models"]] == ["efficientnet_lite0"]
+    assert body["skipped"] == [{"model_key": "gresnet50", "reason": "model not loaded by this service"}]
+    explicit = client.post(
+        "/search", params={"index": partial_index, "models": "gresnet50"}, files={"image": ("q.jpg", data)}
+    )
+    assert explicit.status_code == 404 and explicit.json()["error"] == "model_not_loaded"
+    # By id, stored vectors suffice: both models answer.
+    by_id = client.post(
+        "/search", params={"index": partial_index, "k": 2}, json={"id": row_id(partial_index, api_env.rel_paths[0])}
+    ).json()
+    assert [m["model_key"] for m in by_id["models"]] == ["efficientnet_lite0", "gresnet50"]
+    assert by_id["models"][1]["display_name"] == "GResNet-50" and by_id["models"][1]["dim"] == 16
+    assert by_id["models"][1]["untrained"] is True  # no weights provenance recorded: never claimed trained
