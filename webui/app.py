@@ -32,6 +32,7 @@ from webui.common import (
     client,
     image_bytes,
     index_rows,
+    index_version,
     label_names,
     sidebar_links,
     square_image_bytes,
@@ -84,8 +85,9 @@ def run_search(
     kind: str,
     payload: bytes | int,
     filename: str = "query",
+    version: str = "",
 ) -> SearchResponse:
-    """One search; errors are raised, so they are never cached."""
+    """One search; errors are raised, so they are never cached. ``version`` only keys the cache."""
     api = client()
     if kind == "id":
         return api.search_by_id(int(payload), index=index, k=k, models=list(models), label=label)
@@ -101,7 +103,9 @@ def _noise_png(seed: int) -> bytes:
 
 
 @st.cache_data(show_spinner="Looking through the index…", max_entries=32, ttl=300)
-def browse_pool(base_url: str, index: str, models: tuple[str, ...], rows: int) -> tuple[int, list[dict[str, Any]]]:
+def browse_pool(
+    base_url: str, index: str, models: tuple[str, ...], rows: int, version: str = ""
+) -> tuple[int, list[dict[str, Any]]]:
     """(the API's max k, indexed images to pick from).
 
     The API lists no image ids, so the pool is what the models return for a noise image at the
@@ -251,7 +255,7 @@ def query_controls(info: IndexInfo, models: list[str]) -> None:
         st.session_state[QUERY_STATE] = {"kind": "upload", "name": upload.name, "data": upload.getvalue()}
     loaded = [m.model_key for m in info.models if m.loaded and m.model_key in models] or models
     try:
-        _, pool = browse_pool(api_url(), info.name, tuple(loaded), index_rows(info))
+        _, pool = browse_pool(api_url(), info.name, tuple(loaded), index_rows(info), index_version(info))
     except (ApiError, ApiUnavailableError):
         pool = []
     with pick_col:
@@ -297,7 +301,8 @@ def main() -> None:
     try:
         with st.spinner("Searching with every model…"):
             response = run_search(
-                api_url(), info.name, tuple(models), k, label, query["kind"], payload, query.get("name", "query")
+                api_url(), info.name, tuple(models), k, label, query["kind"], payload, query.get("name", "query"),
+                index_version(info),
             )
     except ApiUnavailableError as exc:
         st.error(api_down_message(exc), icon=":material/power_off:")

@@ -112,6 +112,11 @@ def index_rows(info: IndexInfo) -> int:
     return int(info.row_count or 0)
 
 
+def index_version(info: IndexInfo) -> str:
+    """Changes whenever the index does (rows added, re-indexed): part of every cached result's key."""
+    return "|".join(f"{m.model_key}:{m.row_count}:{m.manifest.get('updated_at')}" for m in info.models)
+
+
 def choose_index(listing: IndexList, *, where: Any = None) -> IndexInfo | None:
     """Sidebar index picker whose choice survives page switches; None (with a message) if there is none."""
     target = where or st.sidebar
