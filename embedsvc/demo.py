@@ -71,11 +71,16 @@ def main(
         index_samples(models)
     exe = [sys.executable, "-m", "embedsvc.cli"]
     model_flags = [flag for m in models for flag in ("-m", m)]
-    api = subprocess.Popen([*exe, "serve", "--port", str(api_port), "--allow-random-weights", *model_flags])
+    # Own sessions: a terminal's Ctrl-C reaches only this process, which stops the children cleanly.
+    api = subprocess.Popen(
+        [*exe, "serve", "--port", str(api_port), "--allow-random-weights", *model_flags], start_new_session=True
+    )
     procs = [api]
     try:
         _wait_ready(f"http://127.0.0.1:{api_port}/ready", 600, api)
-        ui = subprocess.Popen([*exe, "ui", "--port", str(ui_port), "--api-url", f"http://127.0.0.1:{api_port}"])
+        ui = subprocess.Popen(
+            [*exe, "ui", "--port", str(ui_port), "--api-url", f"http://127.0.0.1:{api_port}"], start_new_session=True
+        )
         procs.append(ui)
         _wait_ready(f"http://127.0.0.1:{ui_port}/_stcore/health", 120, ui)
         log.info("API: http://127.0.0.1:%d/docs", api_port)
@@ -90,7 +95,7 @@ def main(
     finally:
         for proc in procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)
         for proc in procs:
             try:
                 proc.wait(timeout=20)
