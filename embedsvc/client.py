@@ -17,10 +17,12 @@ from pydantic import BaseModel
 
 from embedsvc.api.schemas import (
     Health,
+    ImagePage,
     IndexInfo,
     IndexList,
     JobInfo,
     ModelList,
+    RandomImages,
     Readiness,
     SearchResponse,
 )
@@ -162,6 +164,28 @@ class EmbedsvcClient:
 
     def index(self, name: str) -> IndexInfo:
         return self._get(f"/indexes/{quote(name, safe='')}", IndexInfo)
+
+    def max_k(self) -> int:
+        """Largest k the API's search accepts (a server setting, reported with the index list)."""
+        return self.indexes().max_k
+
+    def list_images(self, index: str, *, offset: int = 0, limit: int = 50, label: int | str | None = None) -> ImagePage:
+        """A page of an index's images in ascending id order (``total`` says how many match)."""
+        params: dict[str, str | int] = {"offset": int(offset), "limit": int(limit)}
+        if label is not None and label != "":
+            params["label"] = str(label)
+        return self._get(f"/indexes/{quote(index, safe='')}/images", ImagePage, params=params)
+
+    def random_images(
+        self, index: str, *, count: int = 1, seed: int | None = None, label: int | str | None = None
+    ) -> RandomImages:
+        """Distinct random images of an index; a ``seed`` makes the draw reproducible."""
+        params: dict[str, str | int] = {"count": int(count)}
+        if seed is not None:
+            params["seed"] = int(seed)
+        if label is not None and label != "":
+            params["label"] = str(label)
+        return self._get(f"/indexes/{quote(index, safe='')}/images/random", RandomImages, params=params)
 
     def models(self) -> ModelList:
         return self._get("/models", ModelList)

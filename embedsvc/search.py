@@ -220,6 +220,17 @@ class SearchOutcome:
         return out
 
 
+@dataclass
+class RowListing:
+    """Indexed images read from one model's collection of an index (a page, or a random draw)."""
+
+    index: str
+    model_key: str
+    label_filter: int | None
+    rows: list[dict[str, Any]]
+    total: int  # rows matching the label filter in that collection
+
+
 class StageObserver(Protocol):
     def __call__(self, model_key: str, stage: str, seconds: float) -> None: ...
 
@@ -447,6 +458,38 @@ class SearchEngine:
             timings_ms=timings,
             neighbours=neighbours,
         )
+
+    # -- listing -----------------------------------------------------------------------------------
+
+    def listing_model(self, index: str, manifests: Mapping[str, Mapping[str, Any]]) -> str:
+        """The model whose collection lists the index's images: the one holding the most rows (the
+        first in manifest order on a tie), so an image indexed by only some models is still listed."""
+        keys = list(manifests)
+        if len(keys) == 1:
+            return keys[0]
+        counts = self.store.call(lambda s: [s.count(index, key) for key in keys])
+        return keys[max(range(len(keys)), key=lambda i: (counts[i], -i))]
+
+    def list_images(
+        self, index: str, *, offset: int = 0, limit: int = 50, label: int | str | None = None
+    ) -> RowListing:
+        """One page of the index's images in id order; ``label`` (id or name) filters like a search's."""
+        manifests = self.index_manifests(index)
+        label_id = self.resolve_label(index, manifests, label)
+        key = self.listing_model(index, manifests)
+        rows, total = self.store.call(lambda s: s.list_rows(index, key, offset=offset, limit=limit, label_id=label_id))
+        return RowListing(index=index, model_key=key, label_filter=label_id, rows=rows, total=total)
+
+    def random_images(
+        self, index: str, *, count: int = 1, seed: int | None = None, label: int | str | None = None
+    ) -> RowListing:
+        """Up to ``count`` distinct random images of the index; the same ``seed`` draws the same ones
+        while the index is unchanged."""
+        manifests = self.index_manifests(index)
+        label_id = self.resolve_label(index, manifests, label)
+        key = self.listing_model(index, manifests)
+        rows, total = self.store.call(lambda s: s.sample_rows(index, key, count, seed=seed, label_id=label_id))
+        return RowListing(index=index, model_key=key, label_filter=label_id, rows=rows, total=total)
 
     # -- queries -----------------------------------------------------------------------------------
 

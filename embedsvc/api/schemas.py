@@ -154,6 +154,45 @@ class IndexInfo(BaseModel):
 class IndexList(BaseModel):
     data: list[IndexInfo]
     count: int
+    max_k: int = Field(description="Largest k that POST /search accepts (a server setting).")
+
+
+class ImageRow(BaseModel):
+    """One indexed image, as listed (no vector)."""
+
+    id: int
+    rel_path: str = Field(description="Path relative to the index's dataset root (informational only).")
+    label_id: int | None = None
+    label_name: str | None = None
+    width: int | None = None
+    height: int | None = None
+    image_url: str
+    thumbnail_url: str
+
+
+class ImagePage(BaseModel):
+    """A page of an index's images in ascending id order."""
+
+    index: str
+    model_key: str = Field(description="The model collection the rows were read from (the one with the most rows).")
+    label_filter: int | None = Field(default=None, description="Label id the rows were filtered by.")
+    offset: int
+    limit: int
+    total: int = Field(description="Images matching the label filter; pages cover 0..total-1.")
+    data: list[ImageRow]
+    count: int = Field(description="Images in this page.")
+
+
+class RandomImages(BaseModel):
+    """Distinct images drawn at random; the same seed draws the same ones while the index is unchanged."""
+
+    index: str
+    model_key: str = Field(description="The model collection the rows were read from (the one with the most rows).")
+    label_filter: int | None = Field(default=None, description="Label id the draw was limited to.")
+    seed: int | None = None
+    total: int = Field(description="Images the draw was made from.")
+    data: list[ImageRow]
+    count: int = Field(description="Images drawn (fewer than asked when the index holds fewer).")
 
 
 class ModelInfo(BaseModel):

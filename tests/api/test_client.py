@@ -93,3 +93,23 @@ def test_client_imports_no_model_or_database_code() -> None:
     code = "import sys, embedsvc.client; print(sorted(m for m in ('torch', 'pymilvus', 'timm') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_listing_random_and_max_k(api: EmbedsvcClient, api_env: ApiEnv) -> None:
+    assert api.max_k() == api_env.settings.max_k == api.indexes().max_k
+    page = api.list_images(INDEX, offset=2, limit=3)
+    ids = sorted(row_id(INDEX, r) for r in api_env.rel_paths)
+    assert page.total == len(ids) and [r.id for r in page.data] == ids[2:5]
+    assert api.fetch(page.data[0].thumbnail_url)[:3] == b"\xff\xd8\xff"
+    birds = api.list_images(INDEX, label="bird", limit=500)
+    assert birds.label_filter == 0 and {r.label_name for r in birds.data} == {"bird"}
+    drawn = api.random_images(INDEX, count=4, seed=3, label=0)
+    assert drawn == api.random_images(INDEX, count=4, seed=3, label="bird")
+    assert {r.id for r in drawn.data} <= {r.id for r in birds.data} and drawn.count == 4
+    assert api.random_images(INDEX).count == 1
+    with pytest.raises(ApiError) as err:
+        api.list_images(INDEX, limit=0)
+    assert err.value.status == 422 and err.value.code == "validation_error"
+    with pytest.raises(ApiError) as err:
+        api.random_images("nope")
+    assert err.value.status == 404 and err.value.code == "unknown_index"

@@ -83,3 +83,44 @@ def test_search_on_the_real_index_never_5xx(client: TestClient, data: bytes, par
         assert all(len(m["neighbours"]) <= int(params.get("k", 10)) for m in body["models"])
     else:
         assert set(body) <= {"detail", "error", "errors"} and body["detail"]
+
+
+_LABEL = st.one_of(st.sampled_from([*LABELS, "zebra", "-1", "0", "2", "99999999999999999999"]), st.text(max_size=8))
+_LISTING = st.one_of(
+    st.tuples(
+        st.just("images"),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "offset": st.one_of(st.integers(-2, 20), st.integers(0, 2**64), st.text(max_size=4)),
+                "limit": st.one_of(st.integers(-1, 600), st.text(max_size=4)),
+                "label": _LABEL,
+            },
+        ),
+    ),
+    st.tuples(
+        st.just("images/random"),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "count": st.one_of(st.integers(-1, 120), st.text(max_size=4)),
+                "seed": st.one_of(st.integers(-2, 2**64), st.text(max_size=4)),
+                "label": _LABEL,
+            },
+        ),
+    ),
+)
+
+
+@given(call=_LISTING)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_listing_on_the_real_index_never_5xx(client: TestClient, api_env: ApiEnv, call: tuple) -> None:
+    suffix, params = call
+    resp = client.get(f"/indexes/{INDEX}/{suffix}", params=params)
+    assert resp.status_code in (200, 404, 422), resp.text
+    body = resp.json()
+    if resp.status_code == 200:
+        assert body["count"] == len(body["data"]) <= body["total"] <= len(api_env.rel_paths)
+        assert len({r["id"] for r in body["data"]}) == body["count"]
+    else:
+        assert set(body) <= {"detail", "error", "errors"} and body["detail"]
