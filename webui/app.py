@@ -9,17 +9,14 @@ view can be shared or opened from the Evaluation page.
 
 from __future__ import annotations
 
-import io
-import random
+import math
 from typing import Any
 
 import altair as alt
-import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
-from embedsvc.api.schemas import IndexInfo, ModelResult, Neighbour, QueryInfo, SearchResponse
+from embedsvc.api.schemas import ImagePage, IndexInfo, ModelResult, Neighbour, QueryInfo, SearchResponse
 from embedsvc.client import ApiError, ApiUnavailableError
 from webui import compare
 from webui.common import (
@@ -39,7 +36,8 @@ from webui.common import (
 )
 
 ANY_LABEL = "(any label)"
-K_CANDIDATES = (100, 50, 30, 20, 10, 5, 1)  # the API's max_k is a server setting: find it by asking
+K_DEFAULT = 8
+PICK_PAGE = 100  # images per page of the "pick an indexed image" list (the API allows up to 500)
 REQUERY_LABEL = "Use as query"
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 
@@ -95,36 +93,10 @@ def run_search(
     return api.search_upload(payload, index=index, k=k, models=list(models), label=label, filename=filename)
 
 
-def _noise_png(seed: int) -> bytes:
-    arr = np.random.default_rng(seed).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr, "RGB").save(buf, "PNG")
-    return buf.getvalue()
-
-
-@st.cache_data(show_spinner="Looking through the index…", max_entries=32, ttl=300)
-def browse_pool(
-    base_url: str, index: str, models: tuple[str, ...], rows: int, version: str = ""
-) -> tuple[int, list[dict[str, Any]]]:
-    """(the API's max k, indexed images to pick from).
-
-    The API lists no image ids, so the pool is what the models return for a noise image at the
-    largest k the API allows: every image of a small index, a varied sample of a large one.
-    """
-    api = client()
-    for k in K_CANDIDATES:
-        try:
-            resp = api.search_upload(_noise_png(rows), index=index, k=min(k, max(rows, 1)), models=list(models))
-        except ApiError as exc:
-            if exc.code == "k_out_of_range":
-                continue
-            raise
-        pool: dict[int, dict[str, Any]] = {}
-        for model in resp.models:
-            for n in model.neighbours:
-                pool.setdefault(n.id, {"id": n.id, "rel_path": n.rel_path, "label": n.label_name})
-        return k, sorted(pool.values(), key=lambda r: (str(r["label"]), r["rel_path"]))
-    return 1, []
+@st.cache_data(show_spinner=False, max_entries=64, ttl=300)
+def image_page(base_url: str, index: str, offset: int, label: str | None, version: str = "") -> ImagePage:
+    """One page of the index's images in id order (the API lists them); ``version`` only keys the cache."""
+    return client().list_images(index, offset=offset, limit=PICK_PAGE, label=label)
 
 
 # -- drawing ----------------------------------------------------------------------------------------
@@ -227,7 +199,7 @@ def show_overlap(response: SearchResponse) -> None:
     st.dataframe(pd.DataFrame(compare.summary_rows(response)), hide_index=True, width="stretch")
 
 
-def sidebar_controls(info: IndexInfo) -> tuple[list[str], int, str | None]:
+def sidebar_controls(info: IndexInfo, max_k: int) -> tuple[list[str], int, str | None]:
     keys = [m.model_key for m in info.models]
     models = st.sidebar.multiselect(
         "Models (1–4)",
@@ -237,7 +209,13 @@ def sidebar_controls(info: IndexInfo) -> tuple[list[str], int, str | None]:
         key=f"models-{info.name}",
         help="Which of this index's models to compare.",
     )
-    k = st.sidebar.slider("k (neighbours per model)", 1, 50, 8, key="k")
+    if max_k > 1:  # the API's limit (a server setting, sent with the index list)
+        k = st.sidebar.slider(
+            "k (neighbours per model)", 1, max_k, min(K_DEFAULT, max_k), key="k", help=f"The API allows up to {max_k}."
+        )
+    else:
+        k = 1
+        st.sidebar.caption("k = 1 (the API allows no more)")
     labels = label_names(info)
     label = st.sidebar.selectbox(
         "Label filter", [ANY_LABEL, *labels], key=f"label-{info.name}", help="Only neighbours with this label."
@@ -245,7 +223,44 @@ def sidebar_controls(info: IndexInfo) -> tuple[list[str], int, str | None]:
     return models, k, None if label == ANY_LABEL else label
 
 
-def query_controls(info: IndexInfo, models: list[str]) -> None:
+def pick_controls(info: IndexInfo) -> str | None:
+    """The "pick an indexed image" list: a label filter, pages of PICK_PAGE images from the API, a button.
+
+    Returns the label the list is filtered by (None: any), which Random draws from too.
+    """
+    labels = label_names(info)
+    label = None
+    if labels:
+        chosen = st.selectbox(
+            "Pick from label", [ANY_LABEL, *labels], key=f"pick-label-{info.name}", help="Narrows the list and Random."
+        )
+        label = None if chosen == ANY_LABEL else chosen
+    page_key = f"pick-page-{info.name}-{label}"
+    page_no = int(st.session_state.get(page_key, 1))
+    try:
+        page = image_page(api_url(), info.name, (page_no - 1) * PICK_PAGE, label, index_version(info))
+        if page_no > 1 and not page.data:  # the index shrank under this page: back to the first
+            page_no = 1
+            page = image_page(api_url(), info.name, 0, label, index_version(info))
+    except (ApiError, ApiUnavailableError) as exc:
+        st.caption(f"Cannot list the indexed images: {getattr(exc, 'detail', exc)}")
+        return label
+    if not page.data:
+        st.caption("No indexed images to pick from" + (f" with label {label}." if label else "."))
+        return label
+    pages = math.ceil(page.total / PICK_PAGE)
+    if pages > 1:
+        st.session_state[page_key] = min(page_no, pages)
+        st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key=page_key)
+    names = {r.id: f"{r.label_name or '?'} · {r.rel_path}" for r in page.data}
+    picked = st.selectbox("…or pick an indexed image", list(names), format_func=names.get, key="pick")
+    first = page.offset + 1
+    st.caption(f"Images {first}–{first + page.count - 1} of {page.total}, in id order.")
+    st.button("Use this image", on_click=set_query_id, args=(picked,), key="pick-go")
+    return label
+
+
+def query_controls(info: IndexInfo) -> None:
     """Upload, pick an indexed image, or a random one; each sets the session's query."""
     up_col, pick_col, rand_col = st.columns([2, 2, 1], vertical_alignment="bottom")
     with up_col:
@@ -253,22 +268,16 @@ def query_controls(info: IndexInfo, models: list[str]) -> None:
     if upload is not None and st.session_state.get("upload_seen") != upload.file_id:
         st.session_state["upload_seen"] = upload.file_id
         st.session_state[QUERY_STATE] = {"kind": "upload", "name": upload.name, "data": upload.getvalue()}
-    loaded = [m.model_key for m in info.models if m.loaded and m.model_key in models] or models
-    try:
-        _, pool = browse_pool(api_url(), info.name, tuple(loaded), index_rows(info), index_version(info))
-    except (ApiError, ApiUnavailableError):
-        pool = []
     with pick_col:
-        if pool:
-            labels = {r["id"]: f"{r['label'] or '?'} · {r['rel_path']}" for r in pool}
-            picked = st.selectbox("…or pick an indexed image", list(labels), format_func=labels.get, key="pick")
-            st.button("Use this image", on_click=set_query_id, args=(picked,), key="pick-go")
-        else:
-            st.caption("No indexed images to pick from.")
+        label = pick_controls(info)
     with rand_col:
-        if pool:
-            st.button("Random", on_click=lambda: set_query_id(random.choice(pool)["id"]), key="random",
-                      icon=":material/casino:", help="A random image from the index.")
+        what = f"with label {label}" if label else "from the index"
+        if st.button("Random", key="random", icon=":material/casino:", help=f"A random image {what}."):
+            drawn = api_call(client().random_images, info.name, count=1, label=label, what="Drawing a random image")
+            if drawn.data:
+                set_query_id(drawn.data[0].id)
+            else:
+                st.caption(f"No image {what}.")
 
 
 def main() -> None:
@@ -285,12 +294,12 @@ def main() -> None:
             icon=":material/inbox:",
         )
         st.stop()
-    models, k, label = sidebar_controls(info)
+    models, k, label = sidebar_controls(info, listing.max_k)
     if not models:
         st.warning("Choose at least one model in the sidebar.")
         st.stop()
     query_from_url()
-    query_controls(info, models)
+    query_controls(info)
     query = st.session_state.get(QUERY_STATE)
     sync_url(query, info.name)
     if not query:

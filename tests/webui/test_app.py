@@ -10,11 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -134,25 +136,99 @@ def test_click_a_neighbour_to_requery_with_marks(at: AppTest, running_api: Runni
         assert f"**{same} of {K} share the query's label**" in text
 
 
+def api_requests(url: str, method: str, route: str) -> float:
+    """How many requests the running API has answered on a route (any status), from its /metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    pattern = rf'^embedsvc_http_requests_total{{method="{method}",route="{re.escape(route)}",status="\d+"}} (\S+)$'
+    return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.MULTILINE))
+
+
 def test_pick_random_and_label_filter(at: AppTest, running_api: RunningApi, api: EmbedsvcClient) -> None:
+    # k's bound is the API's max_k, read from the index list: loading the page runs no search at all
+    # (the page used to probe k with noise-image searches to find images to pick).
+    assert at.sidebar.slider(key="k").max == api.max_k() == 30
+    searches = api_requests(running_api.url, "POST", "/search")
+    at.run()
+    assert api_requests(running_api.url, "POST", "/search") == searches
+
     pick = at.selectbox(key="pick")
-    assert len(pick.options) == len(running_api.rel_paths)  # a small index: every image can be picked
+    ids = sorted(row_id(INDEX, r) for r in running_api.rel_paths)
+    assert list(pick.options) == [  # the API's list, in id order: a small index fits one page
+        f"{running_api.labels[r]} · {r}" for r in sorted(running_api.rel_paths, key=lambda r: row_id(INDEX, r))
+    ]
+    assert [r.id for r in api.list_images(INDEX, limit=500).data] == ids
+    assert f"Images 1–{len(ids)} of {len(ids)}, in id order." in [c.value for c in at.caption]
     rel = next(r for r in running_api.rel_paths if r.startswith("windmill/"))
-    assert f"windmill · {rel}" in pick.options
     pick.select(row_id(INDEX, rel)).run()
     at.button(key="pick-go").click().run()
     assert_clean(at)
     assert at.session_state["query"] == {"kind": "id", "id": row_id(INDEX, rel)}
     assert "**Label:** windmill" in [m.value for m in at.markdown]
 
+    # The list filtered by label; Random draws from the API (with that label) and queries by id.
+    at.selectbox(key=f"pick-label-{INDEX}").select("fish").run()
+    assert_clean(at)
+    fish = sorted((r for r in running_api.rel_paths if r.startswith("fish/")), key=lambda r: row_id(INDEX, r))
+    assert list(at.selectbox(key="pick").options) == [f"fish · {r}" for r in fish]
+    draws = api_requests(running_api.url, "GET", "/indexes/{name}/images/random")
     at.button(key="random").click().run()
     assert_clean(at)
+    assert api_requests(running_api.url, "GET", "/indexes/{name}/images/random") == draws + 1
     assert at.session_state["query"]["kind"] == "id"
+    assert at.session_state["query"]["id"] in {row_id(INDEX, r) for r in fish}
+    assert "**Label:** fish" in [m.value for m in at.markdown]
 
-    at.sidebar.selectbox(key=f"label-{INDEX}").select("fish").run()
+    # The sidebar's filter is on the neighbours (another label: the fish query has only 3 fellow fish).
+    at.sidebar.selectbox(key=f"label-{INDEX}").select("bird").run()
     assert_clean(at)
     captions = [c for el in at.image for c in el.captions if c.startswith("#")]
-    assert len(captions) == K * len(MODELS) and all(c.endswith("· fish") for c in captions)
+    assert len(captions) == K * len(MODELS) and all(c.endswith("· bird") for c in captions)
+
+
+def test_pick_pages_through_a_large_index(
+    running_api: RunningApi, ui_api_url: Callable[[str], None], tmp_path: Path
+) -> None:
+    """More images than one page of the pick list: a page number picks which ones are listed."""
+    import numpy as np
+
+    from embedsvc.main import create_app
+    from embedsvc.store import Store
+    from tests.support import make_settings
+
+    settings = make_settings(tmp_path, models=MODELS)
+    emb = running_api.embedders[MODELS[0]]
+    rels = [f"{'ab'[i % 2]}/img_{i:03d}.png" for i in range(230)]
+    vectors = np.random.default_rng(0).standard_normal((len(rels), emb.dim)).astype(np.float32)
+    rows = [
+        {"id": row_id("many", rel), "vector": vec, "rel_path": rel, "content_hash": rel, "label_id": "ab".index(rel[0]),
+         "label_name": rel[0], "width": 8, "height": 8}
+        for rel, vec in zip(rels, vectors, strict=True)
+    ]
+    with Store.from_settings(settings, owner="tests/webui large index") as store:
+        manifest = emb.manifest() | {"dataset_root": str(tmp_path), "label_names": ["a", "b"]}
+        store.ensure_collection("many", emb.key, manifest)
+        store.upsert("many", emb.key, rows)
+    in_id_order = sorted(rels, key=lambda r: row_id("many", r))
+    with serve(create_app(settings, embedders=running_api.embedders)) as url:
+        ui_api_url(url)
+        at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+        assert_clean(at)
+        assert list(at.selectbox(key="pick").options) == [f"{r[0]} · {r}" for r in in_id_order[:100]]
+        assert "Images 1–100 of 230, in id order." in [c.value for c in at.caption]
+        at.number_input(key="pick-page-many-None").set_value(3).run()
+        assert_clean(at)
+        assert list(at.selectbox(key="pick").options) == [f"{r[0]} · {r}" for r in in_id_order[200:]]
+        assert "Images 201–230 of 230, in id order." in [c.value for c in at.caption]
+        at.selectbox(key="pick-label-many").select("b").run()
+        assert_clean(at)
+        b_rels = [r for r in in_id_order if r.startswith("b/")]
+        assert list(at.selectbox(key="pick").options) == [f"b · {r}" for r in b_rels[:100]]
+        at.number_input(key="pick-page-many-b").set_value(2).run()
+        assert list(at.selectbox(key="pick").options) == [f"b · {r}" for r in b_rels[100:]]
+        target = b_rels[107]
+        at.selectbox(key="pick").select(row_id("many", target)).run()
+        at.button(key="pick-go").click().run()
+        assert at.session_state["query"] == {"kind": "id", "id": row_id("many", target)}
 
 
 def test_api_down_shows_a_message(running_api: RunningApi, ui_api_url: Callable[[str], None]) -> None:
