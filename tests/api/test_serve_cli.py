@@ -82,7 +82,7 @@ def test_serve_really_serves_and_stops_cleanly(tmp_path: Path) -> None:
                 time.sleep(0.5)
         assert ready is not None and ready.status_code == 200, (ready and ready.text, proc.poll())
         assert ready.json()["models_loaded"] == ["efficientnet_lite0"]
-        assert httpx.get(f"http://127.0.0.1:{port}/indexes").json() == {"data": [], "count": 0}
+        assert httpx.get(f"http://127.0.0.1:{port}/indexes").json() == {"data": [], "count": 0, "max_k": 100}
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
