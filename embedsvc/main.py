@@ -130,13 +130,7 @@ def _use_error_schema_for_422(schema: dict[str, Any]) -> None:
 
 def default_store_factory(settings: Settings) -> Callable[[], Store]:
     def factory() -> Store:
-        return Store(
-            settings.resolved_milvus_uri,
-            settings.milvus_token,
-            owner="embedsvc serve",
-            timeout=30.0,
-            connect_timeout=5.0,
-        )
+        return Store.from_settings(settings, owner="embedsvc serve")
 
     return factory
 

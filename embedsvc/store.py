@@ -502,11 +502,18 @@ class Store:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, owner: str = "embedsvc") -> Store:
-        """The store the settings describe: ``MILVUS_URI``, else a Lite file under ``data_dir``."""
+        """The store the settings describe: ``MILVUS_URI``, else a Lite file under ``data_dir``, with
+        the settings' call and connect timeouts."""
         from embedsvc.core.config import get_settings
 
         settings = settings or get_settings()
-        return cls(settings.resolved_milvus_uri, settings.milvus_token, owner=owner)
+        return cls(
+            settings.resolved_milvus_uri,
+            settings.milvus_token,
+            owner=owner,
+            timeout=settings.milvus_timeout_s,
+            connect_timeout=settings.milvus_connect_timeout_s,
+        )
 
     def __enter__(self) -> Store:
         return self

@@ -324,6 +324,30 @@ def test_unreachable_server_fails_fast() -> None:
     assert time.monotonic() - t0 < 10
 
 
+def test_timeouts_come_from_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Store.from_settings and the service's default store take EMBEDSVC_MILVUS_(CONNECT_)TIMEOUT_S."""
+    from pydantic import ValidationError
+
+    from embedsvc.core.config import Settings
+    from embedsvc.main import default_store_factory
+    from tests.support import make_settings
+
+    assert (
+        Settings.model_fields["milvus_timeout_s"].default,
+        Settings.model_fields["milvus_connect_timeout_s"].default,
+    ) == (30, 5)
+    monkeypatch.setenv("EMBEDSVC_MILVUS_TIMEOUT_S", "12.5")
+    monkeypatch.setenv("EMBEDSVC_MILVUS_CONNECT_TIMEOUT_S", "0.5")
+    assert (Settings().milvus_timeout_s, Settings().milvus_connect_timeout_s) == (12.5, 0.5)
+    with pytest.raises(ValidationError):
+        Settings(milvus_timeout_s=0)
+    settings = make_settings(tmp_path, milvus_timeout_s=7.5, milvus_connect_timeout_s=2.5)
+    with Store.from_settings(settings, owner="pytest timeouts") as store:
+        assert (store.timeout, store.connect_timeout) == (8, 2.5)  # calls take whole seconds (pymilvus)
+    with default_store_factory(settings)() as store:
+        assert (store.timeout, store.connect_timeout, store.owner) == (8, 2.5, "embedsvc serve")
+
+
 def test_lite_file_name_is_checked(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="36 characters"):
         Store(str(tmp_path / ("x" * 40 + ".db")))

@@ -29,6 +29,15 @@ class Settings(BaseSettings):
         description="Empty: a Milvus Lite file under data_dir. Or http://host:19530 for a server.",
     )
     milvus_token: str = Field(default="", validation_alias=AliasChoices("MILVUS_TOKEN", "EMBEDSVC_MILVUS_TOKEN"))
+    milvus_timeout_s: float = Field(
+        default=30,
+        gt=0,
+        description="Seconds any one Milvus call may take (rounded up to whole seconds); without a bound, "
+        "pymilvus retries an unreachable server for minutes.",
+    )
+    milvus_connect_timeout_s: float = Field(
+        default=5, gt=0, description="Seconds to wait for the connection to Milvus when a store is opened."
+    )
 
     # --- models --------------------------------------------------------------------------------
     models: list[str] = Field(default=list(DEFAULT_MODELS), description="Embedder keys to load.")
