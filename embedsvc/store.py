@@ -905,6 +905,8 @@ class Store:
             self._call(f"upserting into {name}", lambda c, b=batch, **kw: c.upsert(name, b, **kw))
 
     def _iterate(self, name: str, output_fields: list[str], batch_size: int = _ITER_BATCH) -> Iterator[dict[str, Any]]:
+        # pymilvus warns on every iterator that Lite has no mvcc timestamp; the client-side one is fine here.
+        logging.getLogger("pymilvus.orm.iterator").setLevel(logging.ERROR)
         it = self._call(
             f"reading {name}",
             lambda c, **kw: c.query_iterator(name, batch_size=batch_size, filter="", output_fields=output_fields, **kw),
