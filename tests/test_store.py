@@ -237,7 +237,7 @@ def test_existing_pages_through_more_than_one_batch(store: Store, index: str) ->
 def test_list_rows_pages_in_id_order_across_segments(store: Store, index: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Pages of ``list_rows`` cover every row once in id order, over several flushed segments, with a
     label filter, and past the query window (shrunk to 64 rows here; Milvus' own is 16,384)."""
-    import embedsvc.store as store_mod
+    import embedsvc.store.milvus as store_mod
 
     store.ensure_collection(index, "m", manifest(dim=4))
     rows = make_rows(index, n=700, dim=4, seed=9)

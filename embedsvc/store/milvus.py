@@ -5,16 +5,8 @@ One code path for both engines: ``pymilvus.MilvusClient(uri=..., token=...)``.
 * ``http://host:19530`` (or ``https://``, ``tcp://``, ``unix:``): a Milvus server.
 * ``path/to/file.db``: Milvus Lite 2.5.1, embedded.
 
-Why the Lite owner file: Milvus Lite runs a private server process per ``.db`` and lets only one
-process start it (a second one fails with pymilvus' bare "Open local milvus failed"). That server
-speaks ordinary gRPC on a unix socket, so other processes can share it. The process that starts it
-(the *owner*) writes ``<db>.owner.json`` (pid, owner, command, since, socket URI) and removes it on
-close/exit. Another process (a *guest*, e.g. the indexer CLI while the search service runs) finds
-the live owner and connects to the owner's socket instead of opening the file. If the owner does
-not share (``share_lite=False``), lives on another host, or is not an embedsvc process, the guest
-gets ``DatabaseInUseError`` naming the holder. Owner files of dead processes are ignored. When the
-owner goes away, a guest notices (dead pid / missing socket, or a failed call) and takes the file
-over itself, so "indexer first, service second, indexer exits" keeps the service working.
+A ``.db`` file is opened through ``embedsvc.store.lite``, which starts its embedded server or shares
+the one another process started (see there for the owner file and guest takeover).
 
 Manifests (what produced the vectors: model, weights, dim, preprocessing...) live in one small
 collection, ``embedsvc_manifests``, keyed by collection name with the manifest as JSON. That works the
@@ -32,27 +24,34 @@ without transferring them, so any offset works at one extra call per 16,384 rows
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import datetime as _dt
-import hashlib
 import json
 import logging
 import math
 import os
 import random
-import re
-import socket
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
+
+from embedsvc.store import naming
+from embedsvc.store.errors import (
+    DimensionMismatchError,
+    IndexNotFoundError,
+    ManifestMismatchError,
+    StoreError,
+    StoreUnavailableError,
+    error_message,
+    is_not_found,
+    is_unavailable,
+)
+from embedsvc.store.lite import check_lite_path, describe_owner, open_lite, owner_gone, release_lite
+from embedsvc.store.rows import MAXLEN, OUTPUT_FIELDS, Hit, batches, check_dim, clean_row
 
 if TYPE_CHECKING:
     from embedsvc.core.config import Settings
@@ -69,389 +68,14 @@ COMPAT_FIELDS = ("model_name", "weights_source", "weights_sha256", "dim", "norma
 #: Set by the store itself; ``update_manifest`` may not change them either.
 _IDENTITY_FIELDS = ("index", "model_key", "collection", "schema_version")
 
-MAX_BATCH_ROWS = 250  # Lite 2.5.1 slows ~20x when one request exceeds ~4 MB (docs/findings.md)
-MAX_BATCH_BYTES = 3_500_000
 MAX_TOPK = 16384  # Milvus' limit for k and for offset + limit
 #: Largest offset + limit of one query (both engines refuse more); ``list_rows`` pages past it by id.
 _QUERY_WINDOW = MAX_TOPK
 _ITER_BATCH = 1000
 _ID_CHUNK = 1000  # ids per get/delete request, keeps filter expressions small
-
-_MAXLEN = {"rel_path": 4096, "content_hash": 128, "label_name": 512}
-_OUTPUT_FIELDS = ["rel_path", "label_id", "label_name", "width", "height", "content_hash"]
 _REMOTE_SCHEMES = ("http", "https", "tcp", "grpc", "unix")
-_LITE_NAME = re.compile(r"^[A-Za-z0-9.\-_]+$")  # milvus_lite's own rule for the file name (max 36)
 
 
-# -- errors -----------------------------------------------------------------------------------
-class StoreError(RuntimeError):
-    """Base class for storage failures; the message is meant for the user."""
-
-
-class DatabaseInUseError(StoreError):
-    """A Milvus Lite file is held by another process that we cannot share; ``owner_info`` says who."""
-
-    def __init__(self, message: str, owner_info: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.owner_info = owner_info or {}
-
-
-class ManifestMismatchError(StoreError):
-    """New vectors would not be comparable with the stored ones; ``fields`` lists what differs."""
-
-    def __init__(self, message: str, fields: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.fields = list(fields)
-
-
-class IndexNotFoundError(StoreError):
-    """No collection for this (index, model)."""
-
-
-class StoreUnavailableError(StoreError):
-    """Milvus cannot be reached (the message names the URI)."""
-
-
-class DimensionMismatchError(StoreError, ValueError):
-    """A vector's length differs from the index's ``dim``."""
-
-
-# -- ids and names ----------------------------------------------------------------------------
-def row_id(index: str, rel_path: str) -> int:
-    """Stable positive int64 for an image: blake2b-64 of ``index`` NUL ``rel_path``, top bit cleared.
-
-    Stable across processes and runs (unlike ``hash()``), so re-indexing upserts the same rows.
-    Callers should pass ``rel_path`` in one canonical form (POSIX separators, relative to the root).
-    """
-    digest = hashlib.blake2b(f"{index}\0{rel_path}".encode(), digest_size=8).digest()
-    value = int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
-    return value or 1
-
-
-def _slug(text: str, limit: int) -> str:
-    return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_")[:limit] or "x"
-
-
-@dataclass
-class Hit:
-    """One search result. ``distance`` is the squared L2 distance (smaller is closer)."""
-
-    id: int
-    distance: float
-    rel_path: str
-    label_id: int
-    label_name: str
-    width: int
-    height: int
-    content_hash: str
-
-
-# -- Milvus Lite ownership --------------------------------------------------------------------
-def _now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
-def _proc_start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot, to tell a live owner from a reused pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm (field 2) may contain spaces/parens: split after the last ')'. starttime is field 22.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _proc_command(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "?"
-    return " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)[:300] or "?"
-
-
-def _pid_alive(pid: int, start_ticks: int | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    if start_ticks is not None:
-        current = _proc_start_ticks(pid)
-        if current is not None and current != start_ticks:
-            return False  # the pid was reused by another process
-    return True
-
-
-def _owner_file(db: Path) -> Path:
-    return db.with_name(db.name + ".owner.json")
-
-
-def _lock_file(db: Path) -> Path:
-    return db.with_name(f".{db.name}.lock")  # where milvus_lite's Server takes its lock
-
-
-def _read_owner(db: Path) -> dict[str, Any] | None:
-    """The live owner recorded next to ``db``, or None (missing, unreadable or stale file)."""
-    path = _owner_file(db)
-    try:
-        info = json.loads(path.read_text())
-        pid = int(info["pid"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        log.warning("Ignoring unreadable Milvus Lite owner file %s", path)
-        return None
-    if info.get("host") not in (None, socket.gethostname()):
-        return info  # cannot check a pid on another host: assume it is alive
-    if not _pid_alive(pid, info.get("pid_start")):
-        log.info("Ignoring stale Milvus Lite owner file %s (pid %d is gone)", path, pid)
-        return None
-    return info
-
-
-def _lock_holders(db: Path) -> list[int]:
-    """Pids holding milvus_lite's lock on ``db`` per /proc/locks (for processes without an owner file)."""
-    try:
-        st = os.stat(_lock_file(db))
-        lines = Path("/proc/locks").read_text().splitlines()
-    except OSError:
-        return []
-    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    pids: list[int] = []
-    for line in lines:
-        parts = line.split()
-        if "->" in parts:  # a waiter, not a holder
-            continue
-        if len(parts) >= 6 and parts[5] == key and parts[4].isdigit():
-            pids.append(int(parts[4]))
-    return sorted(set(pids))
-
-
-def _describe_owner(info: dict[str, Any]) -> str:
-    return (
-        f"{info.get('owner', '?')} (pid {info.get('pid', '?')} on {info.get('host', '?')}, "
-        f"command {info.get('command', '?')!r}, since {info.get('started_at', '?')})"
-    )
-
-
-@dataclass
-class _LiteHandle:
-    """A Lite server this process started, shared by every Store of this process on that file."""
-
-    db: Path
-    uri: str
-    refs: int
-    pid: int
-    server: Any  # milvus_lite.server.Server
-
-
-_lite_lock = threading.Lock()
-_owned: dict[Path, _LiteHandle] = {}
-
-
-def _write_owner(db: Path, uri: str, owner: str, share: bool) -> None:
-    pid = os.getpid()
-    info = {
-        "pid": pid,
-        "pid_start": _proc_start_ticks(pid),
-        "host": socket.gethostname(),
-        "owner": owner,
-        "command": _proc_command(pid),
-        "started_at": _now_iso(),
-        "uri": uri,
-        "shared": share,
-        "db": str(db),
-    }
-    path = _owner_file(db)
-    tmp = path.with_name(f".{path.name}.{pid}.tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, path)  # atomic: readers never see half a file
-
-
-def _remove_owner_file(db: Path) -> None:
-    path = _owner_file(db)
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        if int(json.loads(path.read_text())["pid"]) == os.getpid():
-            path.unlink()
-
-
-def _release_lite(db: Path) -> None:
-    """Drop one reference; the last one removes the owner file and stops the Lite server."""
-    with _lite_lock:
-        handle = _owned.get(db)
-        if handle is None or handle.pid != os.getpid():
-            return
-        handle.refs -= 1
-        if handle.refs > 0:
-            return
-        del _owned[db]
-        _remove_owner_file(db)
-        _defuse(handle.server)
-        handle.server.stop()  # unlocks the file; the Lite server process then exits by itself
-        log.info("Stopped Milvus Lite server for %s", db)
-
-
-@atexit.register
-def _release_all_lite() -> None:
-    for db, handle in list(_owned.items()):
-        if handle.pid == os.getpid():
-            handle.refs = 1
-            with contextlib.suppress(Exception):
-                _release_lite(db)
-
-
-def _defuse(server: Any) -> None:
-    """Stop milvus_lite's ``Server.stop()`` from deleting the lock file.
-
-    milvus-lite 2.5.1 unlinks ``.<db>.lock`` in ``stop()``, which also runs (via ``__del__``) after a
-    *failed* start, i.e. while another process holds that lock. The next opener then creates a fresh
-    lock file, locks it and starts a second server on the same .db (measured). Pointing the attribute
-    at a path that never exists keeps the lock file; a leftover lock file is harmless.
-    """
-    server._lock_path = str(Path(server._lock_path).with_name(".embedsvc-never-exists"))
-
-
-def _start_lite_server(db: Path) -> Any:
-    """Start milvus_lite's server for ``db``; None when the file is locked by another process."""
-    with warnings.catch_warnings():  # milvus_lite 2.5.1 imports the deprecated pkg_resources
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-        from milvus_lite.server import Server
-
-    server = Server(str(db))
-    if not server.init():
-        _defuse(server)
-        raise StoreError(f"Milvus Lite binary not found; cannot open {db}")
-    try:
-        started = server.start()  # locks .<db>.lock and hands its path to the Lite binary
-    finally:
-        _defuse(server)  # stop(), now or from __del__, must never unlink the lock file
-    if not started:
-        server.stop()
-        return None
-    return server
-
-
-def _open_lite(
-    db: Path, owner: str, share: bool, wait: float
-) -> tuple[str, Literal["owner", "guest"], dict[str, Any] | None]:
-    """Return (gRPC URI, role, owner info if guest) for ``db``: start its Lite server, or join the live owner's one.
-
-    Retries for ``wait`` seconds while the file is locked by a process that has not (yet) written an
-    owner file, e.g. an owner that is starting or a previous owner whose server is still stopping.
-    """
-    deadline = time.monotonic() + wait
-    while True:
-        with _lite_lock:
-            handle = _owned.get(db)
-            if handle is not None and handle.pid == os.getpid():
-                handle.refs += 1
-                return handle.uri, "owner", None
-        info = _read_owner(db)
-        if info is not None and info.get("pid") != os.getpid():
-            return _join_owner(db, info), "guest", info
-        with _lite_lock:
-            server = _start_lite_server(db)
-            if server is not None:
-                uri = server.uds_path
-                _owned[db] = _LiteHandle(db=db, uri=uri, refs=1, pid=os.getpid(), server=server)
-                _write_owner(db, uri, owner, share)
-                log.info("Started Milvus Lite server for %s at %s (owner %s)", db, uri, owner)
-                return uri, "owner", None
-        if time.monotonic() >= deadline:
-            holders = _lock_holders(db)
-            who = ", ".join(f"pid {p} ({_proc_command(p)!r})" for p in holders) or "another process"
-            raise DatabaseInUseError(
-                f"Milvus Lite database {db} is in use by {who}, which did not publish a shareable "
-                f"server ({_owner_file(db).name} missing). Stop that process, or point MILVUS_URI at a "
-                "Milvus server so several processes can use it.",
-                {"pids": holders, "commands": [_proc_command(p) for p in holders]},
-            )
-        time.sleep(0.3)
-
-
-def _join_owner(db: Path, info: dict[str, Any]) -> str:
-    who = _describe_owner(info)
-    if not info.get("shared", False):
-        raise DatabaseInUseError(
-            f"Milvus Lite database {db} is in use by {who}, which does not share it. Stop it, or use a "
-            "Milvus server (MILVUS_URI) for concurrent access.",
-            info,
-        )
-    if info.get("host") != socket.gethostname():
-        raise DatabaseInUseError(
-            f"Milvus Lite database {db} is in use by {who} on another host; its server is not reachable from here.",
-            info,
-        )
-    uri = str(info.get("uri", ""))
-    sock = uri.removeprefix("unix:")
-    if not uri.startswith("unix:") or not Path(sock).exists():
-        raise DatabaseInUseError(
-            f"Milvus Lite database {db} is in use by {who}; its socket {sock or '?'} is not visible from "
-            "this process (different /tmp?).",
-            info,
-        )
-    log.info("Milvus Lite database %s is owned by %s; sharing its server at %s", db, who, uri)
-    return uri
-
-
-# -- error mapping ----------------------------------------------------------------------------
-_UNAVAILABLE_HINTS = (
-    "fail connecting",
-    "failed to connect",
-    "unavailable",
-    "connection refused",
-    "deadline exceeded",
-    "deadline_exceeded",
-    "retry timeout",
-    "retry run out",
-    "socket closed",
-    "connection reset",
-)
-_NOT_FOUND_HINTS = ("collection not found", "can't find collection", "can not find collection")
-
-
-def _exc_text(exc: BaseException) -> str:
-    parts = []
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        parts.append(str(cur))
-        cur = cur.__cause__ or cur.__context__
-    return " | ".join(parts).lower()
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    import grpc
-
-    cur: BaseException | None = exc
-    seen: set[int] = set()
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, grpc.RpcError) and hasattr(cur, "code"):
-            with contextlib.suppress(Exception):
-                if cur.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    return True
-        cur = cur.__cause__ or cur.__context__
-    text = _exc_text(exc)
-    return any(hint in text for hint in _UNAVAILABLE_HINTS)
-
-
-def _is_not_found(exc: BaseException) -> bool:
-    code = getattr(exc, "code", None)
-    return code == 100 or any(hint in _exc_text(exc) for hint in _NOT_FOUND_HINTS)
-
-
-def _message(exc: BaseException) -> str:
-    return str(getattr(exc, "message", None) or exc).strip()
-
-
-# -- the store --------------------------------------------------------------------------------
 class Store:
     """Embeddings of one or more indexes, each with one collection per model.
 
@@ -497,7 +121,7 @@ class Store:
         self._manifest_cache: dict[str, dict[str, Any]] = {}
         self._loaded: set[str] = set()
         if self.is_lite:
-            self._db = self._check_lite_path(uri)
+            self._db = check_lite_path(uri)
         self._connect()
 
     @classmethod
@@ -526,24 +150,12 @@ class Store:
         return f"Store(uri={self.uri!r}{role})"
 
     # -- connection -----------------------------------------------------------------------------
-    @staticmethod
-    def _check_lite_path(uri: str) -> Path:
-        db = Path(uri).expanduser().absolute().resolve()
-        if db.suffix != ".db":
-            raise StoreError(f"Milvus Lite URI must end in .db, got {uri!r} (or use http://host:19530)")
-        if not _LITE_NAME.match(db.name) or len(db.name) > 36:
-            raise StoreError(
-                f"Milvus Lite file name {db.name!r} must match [A-Za-z0-9._-]+ and be at most 36 characters"
-            )
-        db.parent.mkdir(parents=True, exist_ok=True)
-        return db
-
     def _connect(self) -> None:
         from pymilvus import MilvusClient
 
         grpc_uri = self.uri
         if self._db is not None:
-            grpc_uri, self.lite_role, self._owner_info = _open_lite(
+            grpc_uri, self.lite_role, self._owner_info = open_lite(
                 self._db, self.owner, self.share_lite, self.lite_wait
             )
         try:
@@ -560,13 +172,13 @@ class Store:
             if self.is_lite and self.lite_role == "guest":
                 raise StoreUnavailableError(
                     f"cannot reach the Milvus Lite server of {self.uri} shared by "
-                    f"{_describe_owner(self._owner_info or {})} at {grpc_uri}: {_message(exc)}"
+                    f"{describe_owner(self._owner_info or {})} at {grpc_uri}: {error_message(exc)}"
                 ) from exc
-            raise StoreUnavailableError(f"cannot connect to Milvus at {self.uri}: {_message(exc)}") from exc
+            raise StoreUnavailableError(f"cannot connect to Milvus at {self.uri}: {error_message(exc)}") from exc
 
     def _drop_lite_ref(self) -> None:
         if self._db is not None and self.lite_role == "owner":
-            _release_lite(self._db)
+            release_lite(self._db)
         self.lite_role = None
 
     def _disconnect(self) -> None:
@@ -580,8 +192,7 @@ class Store:
         info = self._owner_info
         if self.lite_role != "guest" or not info:
             return False
-        sock = str(info.get("uri", "")).removeprefix("unix:")
-        return not Path(sock).exists() or not _pid_alive(int(info["pid"]), info.get("pid_start"))
+        return owner_gone(info)
 
     def _reconnect(self) -> None:
         log.info("Milvus Lite owner of %s went away; reconnecting", self.uri)
@@ -608,18 +219,20 @@ class Store:
             except StoreError:
                 raise
             except Exception as exc:
-                if _is_not_found(exc):
+                if is_not_found(exc):
                     self._manifest_cache.clear()  # dropped behind our back: forget what we knew
                     self._loaded.clear()
-                    raise IndexNotFoundError(f"{what}: {_message(exc)}") from exc
-                if _is_unavailable(exc):
+                    raise IndexNotFoundError(f"{what}: {error_message(exc)}") from exc
+                if is_unavailable(exc):
                     if attempt == 0 and self.lite_role == "guest":
                         with self._conn_lock:
                             if self._client is client:
                                 self._reconnect()
                         continue
-                    raise StoreUnavailableError(f"Milvus at {self.uri} unavailable ({what}): {_message(exc)}") from exc
-                raise StoreError(f"{what} failed: {_message(exc)}") from exc
+                    raise StoreUnavailableError(
+                        f"Milvus at {self.uri} unavailable ({what}): {error_message(exc)}"
+                    ) from exc
+                raise StoreError(f"{what} failed: {error_message(exc)}") from exc
         raise AssertionError("unreachable")
 
     def ping(self) -> None:
@@ -637,11 +250,7 @@ class Store:
     # -- names and manifests --------------------------------------------------------------------
     def collection_name(self, index: str, model_key: str) -> str:
         """A valid, unique Milvus name: readable slugs plus a hash of the exact (index, model_key)."""
-        for label, value in (("index", index), ("model_key", model_key)):
-            if not isinstance(value, str) or not value or len(value) > 512 or "\0" in value:
-                raise ValueError(f"{label} must be a non-empty string of at most 512 characters, got {value!r}")
-        digest = hashlib.blake2b(f"{index}\0{model_key}".encode(), digest_size=4).hexdigest()
-        return f"es_{_slug(index, 80)}__{_slug(model_key, 80)}_{digest}"
+        return naming.collection_name(index, model_key)
 
     def _ensure_manifest_collection(self) -> None:
         if self._manifests_ready:
@@ -766,7 +375,7 @@ class Store:
                 )
         self._create_collection(name, dim)
         if stored is None:
-            now = _now_iso()
+            now = naming.now_iso()
             full = {**new, "index": index, "model_key": model_key, "collection": name}
             full.update(schema_version=SCHEMA_VERSION, created_at=now, updated_at=now)
             self._put_manifest(name, full)
@@ -786,10 +395,10 @@ class Store:
             schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-            schema.add_field("rel_path", DataType.VARCHAR, max_length=_MAXLEN["rel_path"])
-            schema.add_field("content_hash", DataType.VARCHAR, max_length=_MAXLEN["content_hash"])
+            schema.add_field("rel_path", DataType.VARCHAR, max_length=MAXLEN["rel_path"])
+            schema.add_field("content_hash", DataType.VARCHAR, max_length=MAXLEN["content_hash"])
             schema.add_field("label_id", DataType.INT64)
-            schema.add_field("label_name", DataType.VARCHAR, max_length=_MAXLEN["label_name"])
+            schema.add_field("label_name", DataType.VARCHAR, max_length=MAXLEN["label_name"])
             schema.add_field("width", DataType.INT64)
             schema.add_field("height", DataType.INT64)
             params = c.prepare_index_params()
@@ -809,7 +418,7 @@ class Store:
         current = self.get_manifest(index, model_key) or {}
         current.update(json.loads(json.dumps(fields, default=str)))
         if "updated_at" not in fields:
-            current["updated_at"] = _now_iso()
+            current["updated_at"] = naming.now_iso()
         self._put_manifest(name, current)
 
     def list_indexes(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -843,50 +452,6 @@ class Store:
             log.info("Dropped %s (index %r, model %r)", name, index, m["model_key"])
 
     # -- rows -----------------------------------------------------------------------------------
-    @staticmethod
-    def _check_dim(vectors: np.ndarray, dim: int, what: str) -> None:
-        if vectors.shape[-1] != dim:
-            raise DimensionMismatchError(f"{what} has dimension {vectors.shape[-1]}, the index expects {dim}")
-
-    def _row(self, row: dict[str, Any], dim: int) -> dict[str, Any]:
-        vec = np.asarray(row["vector"], dtype=np.float32)
-        if vec.ndim != 1:
-            raise DimensionMismatchError(f"row {row.get('id')}: vector must be 1-D, got shape {vec.shape}")
-        self._check_dim(vec, dim, f"row {row.get('id')}'s vector")
-        if not np.isfinite(vec).all():
-            raise ValueError(f"row {row.get('id')}: vector contains NaN or infinity")
-        rid = int(row["id"])
-        if not 0 <= rid < 2**63:
-            raise ValueError(f"row id must be a non-negative int64, got {rid}")
-        out = {
-            "id": rid,
-            "vector": vec,
-            "rel_path": str(row["rel_path"]),
-            "content_hash": str(row["content_hash"]),
-            "label_id": int(row.get("label_id", -1)),
-            "label_name": str(row.get("label_name") or ""),
-            "width": int(row.get("width", 0)),
-            "height": int(row.get("height", 0)),
-        }
-        for field, limit in _MAXLEN.items():
-            if len(out[field].encode()) > limit:
-                raise ValueError(f"row {rid}: {field} longer than {limit} bytes")
-        return out
-
-    @staticmethod
-    def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-        batch: list[dict[str, Any]] = []
-        size = 0
-        for row in rows:
-            row_bytes = row["vector"].nbytes + 64 + sum(len(row[f]) for f in _MAXLEN)
-            if batch and (len(batch) >= MAX_BATCH_ROWS or size + row_bytes > MAX_BATCH_BYTES):
-                yield batch
-                batch, size = [], 0
-            batch.append(row)
-            size += row_bytes
-        if batch:
-            yield batch
-
     def upsert(self, index: str, model_key: str, rows: list[dict[str, Any]]) -> None:
         """Insert or replace rows by id (plain insert would duplicate ids on a server).
 
@@ -897,11 +462,11 @@ class Store:
         if not rows:
             return
         name, manifest = self._manifest(index, model_key)
-        clean = [self._row(r, int(manifest["dim"])) for r in rows]
+        clean = [clean_row(r, int(manifest["dim"])) for r in rows]
         ids = [r["id"] for r in clean]
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate ids within one upsert call")
-        for batch in self._batches(clean):
+        for batch in batches(clean):
             self._call(f"upserting into {name}", lambda c, b=batch, **kw: c.upsert(name, b, **kw))
 
     def _iterate(self, name: str, output_fields: list[str], batch_size: int = _ITER_BATCH) -> Iterator[dict[str, Any]]:
@@ -938,7 +503,7 @@ class Store:
     ) -> list[dict[str, Any]]:
         """Rows for ``ids`` in the order asked (missing ids are left out); vectors as float32 arrays."""
         name, _ = self._manifest(index, model_key)
-        fields = ["id", *_OUTPUT_FIELDS] + (["vector"] if with_vectors else [])
+        fields = ["id", *OUTPUT_FIELDS] + (["vector"] if with_vectors else [])
         wanted = [int(i) for i in ids]
         found: dict[int, dict[str, Any]] = {}
         for start in range(0, len(wanted), _ID_CHUNK):
@@ -1002,7 +567,7 @@ class Store:
             raise ValueError(f"limit must be in 1..{_QUERY_WINDOW}, got {limit}")
         name, _ = self._manifest(index, model_key)
         expr = self._label_filter(label_id)
-        fields = ["id", *_OUTPUT_FIELDS]
+        fields = ["id", *OUTPUT_FIELDS]
         total = self._count(name, expr)
         if offset >= total:
             return [], total
@@ -1068,7 +633,7 @@ class Store:
             queries = queries[None, :]
         if queries.ndim != 2 or queries.shape[0] == 0:
             raise DimensionMismatchError(f"query vectors must have shape (d,) or (n, d), got {queries.shape}")
-        self._check_dim(queries, int(manifest["dim"]), "query vector")
+        check_dim(queries, int(manifest["dim"]), "query vector")
         if not np.isfinite(queries).all():
             raise ValueError("query vectors contain NaN or infinity")
         filters = []
@@ -1083,7 +648,7 @@ class Store:
                 data=list(queries),
                 limit=k,
                 filter=" and ".join(filters),
-                output_fields=_OUTPUT_FIELDS,
+                output_fields=OUTPUT_FIELDS,
                 search_params={"metric_type": "L2", "params": {}},
                 **kw,
             ),
