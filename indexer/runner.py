@@ -3,10 +3,11 @@
 Pipeline: DataLoader workers read, hash, decode once and preprocess per model (``reader``); the
 calling thread runs the models (``embedder``); a writer thread upserts rows (``writer``). Rows are keyed
 by ``row_id(index, rel_path)`` and carry the file's content hash, so a rerun after a kill skips what
-is already stored with the same hash, re-embeds what changed, and never duplicates a row.
+is already stored with the same hash (and label), re-embeds what changed, and never duplicates a row.
 
 Counts per model in the summary:
-``indexed``: rows written this run; ``unchanged``: files already stored with the same content hash;
+``indexed``: rows written this run (a file stored with the same content but another label is re-embedded
+and counted here); ``unchanged``: files already stored with the same content hash and label;
 ``failed``: files that could not be read or decoded (listed in the failures report); ``skipped``:
 selected files not reached because the run was stopped; ``pruned``: rows deleted because their file
 is gone (``prune=True``).
@@ -177,8 +178,8 @@ def run_index(
         if label_changes:
             store.update_manifest(index_name, key, label_names=_storable_labels(label_names))
 
-    # 2. What is already there (id -> content hash) and what to prune.
-    known = {k: store.existing(index_name, k) for k in keys}
+    # 2. What is already there (id -> content hash, label id, label name) and what to prune.
+    known = {k: store.existing_rows(index_name, k) for k in keys}
     ids = [row_id(index_name, it.rel_path) for it in items]
     if prune:
         report(0, "prune")
@@ -192,13 +193,14 @@ def run_index(
                 for i in gone:
                     known[key].pop(i, None)
 
-    # 3. Read -> embed -> write.
+    # 3. Read -> embed -> write. A stored row is kept only if its content (and label) still match.
+    labelled = source.label_names is not None or any(it.label_id >= 0 for it in items)
     dataset = ImageReadDataset(
         source.root,
         [it.rel_path for it in items],
         ids,
         transforms_of(embedders),
-        known,
+        {k: _reusable(rows, items, ids, labelled) for k, rows in known.items()},
         max_pixels=settings.max_image_pixels,
     )
     pin = any(getattr(e, "device", None) is not None and e.device.type == "cuda" for e in embedders.values())
@@ -284,6 +286,25 @@ def _storable_labels(label_names: list[str] | None) -> list[str] | None:
     return None
 
 
+def _reusable(
+    stored: Mapping[int, tuple[str, int, str]], items: list[Any], ids: list[int], labelled: bool
+) -> dict[int, str]:
+    """id -> content hash of the stored rows a file may keep as they are.
+
+    When this run labels its files, a row whose label differs from the file's label now is left out, so
+    the file is re-embedded and its row rewritten with the new label. A run without any labelling
+    (a plain folder) leaves stored labels alone, as before.
+    """
+    if not labelled:
+        return {i: h for i, (h, _, _) in stored.items()}
+    out = {}
+    for item, i in zip(items, ids, strict=True):
+        row = stored.get(i)
+        if row is not None and row[1:] == (int(item.label_id), str(item.label_name or "")):
+            out[i] = row[0]
+    return out
+
+
 def _handle_batch(
     batch: ReadBatch,
     items: list[Any],
@@ -292,7 +313,7 @@ def _handle_batch(
     counts: dict[str, ModelCounts],
     failures: list[tuple[str, str, str]],
     stale: dict[str, list[int]],
-    known: Mapping[str, Mapping[int, str]],
+    known: Mapping[str, Mapping[int, Any]],
     timer: ComputeTimer,
 ) -> tuple[dict[str, list[dict[str, Any]]], int]:
     """Account for unchanged and failed files, embed the rest, and build each model's rows."""

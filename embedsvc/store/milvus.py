@@ -491,6 +491,14 @@ class Store:
         name, _ = self._manifest(index, model_key)
         return {int(r["id"]): str(r["content_hash"]) for r in self._iterate(name, ["content_hash"])}
 
+    def existing_rows(self, index: str, model_key: str) -> dict[int, tuple[str, int, str]]:
+        """id -> (content_hash, label_id, label_name) of every row (the indexer skips files where all match)."""
+        name, _ = self._manifest(index, model_key)
+        return {
+            int(r["id"]): (str(r["content_hash"]), int(r["label_id"]), str(r["label_name"]))
+            for r in self._iterate(name, ["content_hash", "label_id", "label_name"])
+        }
+
     def delete(self, index: str, model_key: str, ids: Sequence[int]) -> None:
         name, _ = self._manifest(index, model_key)
         ids = [int(i) for i in ids]

@@ -279,6 +279,44 @@ def test_new_label_folder_keeps_existing_ids(tmp_path: Path, two_embedders, sett
         assert store.get_manifest("l", "deit3_small")["label_names"] == ["b", "c", "a"]
 
 
+def test_relabelled_file_is_updated_on_rerun(tmp_path: Path, two_embedders, settings, lite_uri) -> None:
+    """Same content, new label in the CSV: the rerun rewrites that one row (same id), nothing else."""
+    root = tmp_path / "photos"
+    paths = write_images(root, 4)
+    labels = {p.name: ("cat" if i % 2 else "dog") for i, p in enumerate(paths)}
+    csv_path = tmp_path / "labels.csv"
+
+    def run(labels: dict[str, str]):
+        csv_path.write_text("path,label\n" + "".join(f"{k},{v}\n" for k, v in labels.items()))
+        return run_index(folder_source(root, labels_csv=csv_path), index_name="r", embedders=two_embedders,
+                         store=store, settings=settings, batch_size=3, workers=0)
+
+    def stored(key: str) -> dict[str, tuple[int, str, str]]:
+        rows = store.get_rows("r", key, list(store.existing("r", key)))
+        return {r["rel_path"]: (r["label_id"], r["label_name"], r["content_hash"]) for r in rows}
+
+    with Store(lite_uri) as store:
+        first = run(labels)
+        assert all(c.indexed == 4 for c in first.per_model.values())
+        before = {key: stored(key) for key in two_embedders}
+        assert before["deit3_small"]["img_001.png"][:2] == (0, "cat")
+
+        relabelled = run(labels | {"img_001.png": "dog"})
+        assert all((c.indexed, c.unchanged) == (1, 3) for c in relabelled.per_model.values())
+        for key in two_embedders:
+            after = stored(key)
+            assert store.count("r", key) == 4 and set(after) == set(before[key])
+            assert after["img_001.png"] == (1, "dog", before[key]["img_001.png"][2])
+            assert {k: v for k, v in after.items() if k != "img_001.png"} == {
+                k: v for k, v in before[key].items() if k != "img_001.png"
+            }
+            rid = row_id("r", "img_001.png")
+            assert store.existing_rows("r", key)[rid] == (before[key]["img_001.png"][2], 1, "dog")
+
+        again = run(labels | {"img_001.png": "dog"})
+        assert all((c.indexed, c.unchanged) == (0, 4) for c in again.per_model.values())
+
+
 def test_default_three_models_one_pass(tmp_path: Path, two_embedders, settings, lite_uri) -> None:
     """GResNet-50 (folded) with the other two defaults in one pass."""
     root = tmp_path / "photos"
