@@ -20,18 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from embedsvc.core.config import Settings
+from embedsvc.core.errors import CodedError
 from embedsvc.embedder import Embedder
 from embedsvc.search import ModelNotLoadedError, StoreHolder, UnknownModelError
 
 log = logging.getLogger(__name__)
 
 
-class JobError(ValueError):
-    code = "bad_job"
+class JobError(CodedError):
+    """A bulk-index job the service refuses."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    code = "bad_job"
 
 
 class RootNotAllowedError(JobError):
