@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from embedsvc.core.config import Settings
+from embedsvc.core.errors import CodedError
 from embedsvc.embedder import Embedder
 from embedsvc.images import ImageDecodeError, decode_image
 from embedsvc.store import IndexNotFoundError, Store, StoreError, StoreUnavailableError
@@ -37,14 +39,10 @@ STAGES = ("decode", "preprocess", "forward", "search")
 # --------------------------------------------------------------------------------------------------
 
 
-class SearchError(ValueError):
-    """A query the service cannot answer; ``code`` is a stable machine-readable tag."""
+class SearchError(CodedError):
+    """A query the service cannot answer."""
 
     code = "bad_query"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class UnknownModelError(SearchError):
@@ -355,7 +353,7 @@ class SearchEngine:
         if isinstance(label, int):
             return label
         text = label.strip()
-        if text.lstrip("-").isdigit():
+        if re.fullmatch(r"-?[0-9]+", text):  # ASCII digits only: str.isdigit() accepts "²"
             value = int(text)
             if not 0 <= value < 2**63:
                 raise UnknownLabelError(f"label id {value} is out of range")

@@ -95,6 +95,7 @@ CASES: list[tuple[str, Callable[[TestClient, ApiEnv], Any], int, str, str]] = [
         "bogus",
     ),
     ("unknown_label", lambda c, e: upload(_jpeg(e), label="zebra")(c), 404, "unknown_label", "zebra"),
+    ("superscript_digit_label", lambda c, e: upload(_jpeg(e), label="²")(c), 404, "unknown_label", "²"),
     ("k_zero", lambda c, e: upload(_jpeg(e), k=0)(c), 422, "validation_error", "k"),
     ("k_negative", lambda c, e: upload(_jpeg(e), k=-3)(c), 422, "validation_error", "k"),
     ("k_above_max", lambda c, e: upload(_jpeg(e), k=21)(c), 422, "k_out_of_range", "between 1 and 20"),
