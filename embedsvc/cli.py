@@ -61,9 +61,9 @@ def models_cmd(
 def _register_stages() -> None:
     """Each stage lives in its own package and contributes its commands here."""
     from embedsvc.evaluation.cli import register as register_eval
+    from embedsvc.indexer.cli import register as register_index
     from embedsvc.serve_cli import register as register_serve
-    from indexer.cli import register as register_index
-    from webui.cli import register as register_ui
+    from embedsvc.webui.cli import register as register_ui
 
     for register in (register_index, register_serve, register_ui, register_eval):
         register(app)

@@ -256,8 +256,8 @@ class JobManager:
         job.per_model_rate = {str(k): float(v) for k, v in dict(rates).items()}
 
     def _run(self, job: Job) -> None:
-        from indexer.datasets import folder_source
-        from indexer.runner import run_index
+        from embedsvc.indexer.datasets import folder_source
+        from embedsvc.indexer.runner import run_index
 
         job.state = "running"
         job.started_at = _now()

@@ -94,11 +94,11 @@ def _run(
     strict: bool,
 ) -> None:
     from embedsvc.embedder import load_embedders
+    from embedsvc.indexer.datasets import DatasetError
+    from embedsvc.indexer.progress import ProgressReporter, summary_table
+    from embedsvc.indexer.runner import IndexerError, StrictModeError, run_index
     from embedsvc.models.weights import WeightsNotFoundError
     from embedsvc.store import DatabaseInUseError, ManifestMismatchError, Store, StoreError
-    from indexer.datasets import DatasetError
-    from indexer.progress import ProgressReporter, summary_table
-    from indexer.runner import IndexerError, StrictModeError, run_index
 
     try:
         source = make_source()
@@ -171,7 +171,7 @@ def folder_cmd(
     data_dir: DATA_DIR = None,
 ) -> None:
     """Index every image under ROOT into index NAME; rerun to resume, update or (--prune) clean up."""
-    from indexer.datasets import folder_source
+    from embedsvc.indexer.datasets import folder_source
 
     settings = apply_overrides(
         models=models,
@@ -223,7 +223,7 @@ def imagenet_val_cmd(
     data_dir: DATA_DIR = None,
 ) -> None:
     """Index the ImageNet-1k validation set with timm's class ids and names as labels."""
-    from indexer.datasets import imagenet_val_source
+    from embedsvc.indexer.datasets import imagenet_val_source
 
     settings = apply_overrides(
         models=models,

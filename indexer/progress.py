@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from indexer.runner import IndexSummary, ProgressUpdate
+from embedsvc.indexer.runner import IndexSummary, ProgressUpdate
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def _eta(done: int, total: int, elapsed: float) -> str:
 
 
 class ProgressReporter:
-    """Callable progress sink for :func:`indexer.runner.run_index`; use as a context manager."""
+    """Callable progress sink for :func:`embedsvc.indexer.runner.run_index`; use as a context manager."""
 
     def __init__(
         self,

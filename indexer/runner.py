@@ -28,11 +28,11 @@ from typing import Any
 
 from embedsvc.core.config import Settings
 from embedsvc.embedder import Embedder
+from embedsvc.indexer.datasets import DatasetSource
+from embedsvc.indexer.embedder import ComputeTimer, embed_batch, transforms_of
+from embedsvc.indexer.reader import ImageReadDataset, ReadBatch, make_loader
+from embedsvc.indexer.writer import StoreWriter
 from embedsvc.store import Store, row_id
-from indexer.datasets import DatasetSource
-from indexer.embedder import ComputeTimer, embed_batch, transforms_of
-from indexer.reader import ImageReadDataset, ReadBatch, make_loader
-from indexer.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Compare models: one query image, one column of nearest neighbours per model, side by side.
 
-Run with ``embedsvc ui``. The page is a client of the REST API only (see ``webui.common``): it asks
+Run with ``embedsvc ui``. The page is a client of the REST API only (see ``embedsvc.webui.common``): it asks
 the API to search, fetches thumbnails from it, and draws. The current query lives in session state
 (``query``): an uploaded file's bytes, or the id of an indexed image; clicking a neighbour's button
 makes that neighbour's id the next query, and the URL (``?index=..&id=..``) follows id queries so a
@@ -18,8 +18,8 @@ import streamlit as st
 
 from embedsvc.api.schemas import ImagePage, IndexInfo, ModelResult, Neighbour, QueryInfo, SearchResponse
 from embedsvc.client import ApiError, ApiUnavailableError
-from webui import compare
-from webui.common import (
+from embedsvc.webui import compare
+from embedsvc.webui.common import (
     INDEX_STATE,
     QUERY_STATE,
     api_call,

@@ -62,14 +62,18 @@ except ImportError:  # pragma: no cover - the dev extra installs it
     dockerfile = None
 
 
-def _load_ui_requirements():
-    spec = importlib.util.spec_from_file_location("ui_requirements", DOCKER_DIR / "ui_requirements.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# What the UI image must not contain: distributions (normalised names) and their import names.
+SERVER_ONLY = frozenset(
+    {"torch", "torchvision", "timm", "pymilvus", "milvus-lite", "gdown", "huggingface-hub", "safetensors"}
+)
+SERVER_ONLY_MODULES = ("torch", "torchvision", "timm", "pymilvus", "milvus_lite")
 
 
-ui_requirements = _load_ui_requirements()
+def requirement_name(requirement: str) -> str:
+    """The normalised distribution name of a PEP 508 requirement string (PEP 503 normalisation)."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    assert match is not None, requirement
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
 
 
 # --- compose: run the real implementation -----------------------------------------------------------
@@ -418,16 +422,16 @@ def test_runtime_settings_match_the_compose_mounts(kind):
 def test_ui_image_installs_no_torch():
     build = stages("ui")[0]
     text = run_text(build)
-    assert "pip install --no-deps /src" in text
-    assert "ui_requirements.py --check-absent" in text and "embedsvc ui --help" in text
-    assert "torch" not in text and "EXTRAS" not in build["args"]
-    requirements = ui_requirements.ui_requirements(REPO / "pyproject.toml")
-    names = {ui_requirements.requirement_name(r) for r in requirements}
-    assert {"streamlit", "httpx", "pydantic-settings", "typer"} <= names
-    assert not names & ui_requirements.SERVER_ONLY
+    assert 'pip install "/src[webui]"' in text
+    assert "find_spec" in text and "embedsvc ui --help" in text
+    assert "EXTRAS" not in build["args"]
+    # The base install plus the webui extra is all the UI image gets: none of it is server-only.
     project = _pyproject()["project"]
-    declared = set(project["dependencies"]) | set(project["optional-dependencies"]["webui"])
-    assert set(requirements) <= declared
+    names = {requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["webui"]}
+    assert {"streamlit", "httpx", "pydantic-settings", "typer"} <= names
+    assert not names & SERVER_ONLY
+    for module in SERVER_ONLY_MODULES:
+        assert f"'{module}'" in text, module
 
 
 # --- what the UI command imports: the UI image has no torch, timm or Milvus client ------------------
@@ -451,12 +455,30 @@ app()
 
 def _is_streamlit_script(module: str) -> bool:
     """webui/app.py and webui/pages/*: Streamlit runs them; importing one would render the page."""
-    return module == "webui.app" or module.startswith("webui.pages")
+    return module == "embedsvc.webui.app" or module.startswith("embedsvc.webui.pages")
+
+
+# Installed import name prefix -> source folder (pyproject's package-dir)
+_STAGE_FOLDERS = {"embedsvc.indexer": "indexer", "embedsvc.webui": "webui"}
+
+
+def _source_path(module: str) -> Path:
+    for prefix, folder in _STAGE_FOLDERS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return REPO / folder / Path(*module.split(".")[2:])
+    return REPO / Path(*module.split("."))
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    if parts[0] in ("indexer", "webui"):
+        parts = ("embedsvc", *parts)
+    return ".".join(parts).removesuffix(".__init__")
 
 
 def _is_first_party_module(name: str) -> bool:
-    path = REPO / Path(*name.split("."))
-    return name.partition(".")[0] in ("embedsvc", "indexer", "webui") and (
+    path = _source_path(name)
+    return name.partition(".")[0] == "embedsvc" and (
         path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
     )
 
@@ -466,7 +488,7 @@ def _webui_imports() -> tuple[set[str], list[str]]:
     tops: set[str] = set()
     first_party: list[str] = []
     for path in sorted((REPO / "webui").rglob("*.py")):
-        module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        module = _module_name(path)
         names = [module]
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
@@ -483,13 +505,13 @@ def _webui_imports() -> tuple[set[str], list[str]]:
 
 def test_ui_code_never_imports_server_modules():
     tops, _ = _webui_imports()
-    assert not tops & set(ui_requirements.SERVER_ONLY_MODULES), tops & set(ui_requirements.SERVER_ONLY_MODULES)
+    assert not tops & set(SERVER_ONLY_MODULES), tops & set(SERVER_ONLY_MODULES)
 
 
 def test_ui_command_starts_without_torch_or_milvus(tmp_path):
     """What `embedsvc ui` (the UI image's CMD) and the modules webui uses import, with torch & co. unavailable."""
     _, modules = _webui_imports()
-    code = _BLOCKER.format(blocked=sorted(ui_requirements.SERVER_ONLY_MODULES), modules=modules)
+    code = _BLOCKER.format(blocked=sorted(SERVER_ONLY_MODULES), modules=modules)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env=os.environ | {"PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, f"{shlex.join(modules)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"

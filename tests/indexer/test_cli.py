@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from embedsvc.core.config import get_settings
+from embedsvc.indexer.datasets import folder_source
+from embedsvc.indexer.runner import run_index
 from embedsvc.store import Store
-from indexer.datasets import folder_source
-from indexer.runner import run_index
 from tests.support import REPO, write_images
 
 MODEL_FLAGS = ["-m", "convnext_tiny", "-m", "deit3_small", "--allow-random-weights", "--device", "cpu"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.datasets import (
+from embedsvc.indexer.datasets import (
     DatasetError,
     folder_source,
     imagenet_val_source,

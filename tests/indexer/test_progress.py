@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from indexer.progress import ProgressReporter, summary_table
-from indexer.runner import IndexSummary, ModelCounts, ProgressUpdate
+from embedsvc.indexer.progress import ProgressReporter, summary_table
+from embedsvc.indexer.runner import IndexSummary, ModelCounts, ProgressUpdate
 
 
 def updates() -> list[ProgressUpdate]:
@@ -23,7 +23,7 @@ def updates() -> list[ProgressUpdate]:
 
 
 def test_plain_lines_when_not_a_tty(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="indexer.progress")
+    caplog.set_level(logging.INFO, logger="embedsvc.indexer.progress")
     with ProgressReporter("index photos", stream=io.StringIO(), interval_s=3600) as progress:
         for update in updates():
             progress(update)

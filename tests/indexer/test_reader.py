@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import indexer.reader as reader
+import embedsvc.indexer.reader as reader
 from embedsvc.images import decode_image
-from indexer.embedder import transforms_of
-from indexer.reader import ImageReadDataset, collate, content_hash, make_loader
+from embedsvc.indexer.embedder import transforms_of
+from embedsvc.indexer.reader import ImageReadDataset, collate, content_hash, make_loader
 from tests.support import write_images
 
 

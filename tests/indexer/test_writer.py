@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from indexer.writer import StoreWriter, WriterError, rows_per_request
+from embedsvc.indexer.writer import StoreWriter, WriterError, rows_per_request
 
 
 class FakeStore:

@@ -94,10 +94,10 @@ def serve(app: Any) -> Iterator[str]:
 @pytest.fixture(scope="package")
 def running_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApi]:
     from embedsvc.embedder import load_embedders
+    from embedsvc.indexer.datasets import folder_source
+    from embedsvc.indexer.runner import run_index
     from embedsvc.main import create_app
     from embedsvc.store import Store
-    from indexer.datasets import folder_source
-    from indexer.runner import run_index
 
     base = tmp_path_factory.mktemp("webui-api")
     dataset = base / "dataset"

@@ -24,8 +24,8 @@ from streamlit.testing.v1.element_tree import Block
 
 from embedsvc.client import EmbedsvcClient
 from embedsvc.store import row_id
+from embedsvc.webui import compare
 from tests.webui.conftest import INDEX, MODELS, RunningApi, dead_url, serve
-from webui import compare
 
 APP = Path(__file__).resolve().parents[2] / "webui" / "app.py"
 TIMEOUT = 120

@@ -25,8 +25,8 @@ import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from embedsvc.webui.cli import streamlit_command, ui_environment
 from tests.webui.conftest import MODELS, RunningApi, free_port, wait_http
-from webui.cli import streamlit_command, ui_environment
 
 pytestmark = pytest.mark.browser
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from embedsvc.cli import app as cli_app
 from embedsvc.core.config import Settings, get_settings
-from webui import cli as ui_cli
+from embedsvc.webui import cli as ui_cli
 
 
 def fake_exec(seen: dict[str, Any]) -> Any:

@@ -11,7 +11,7 @@ import streamlit as st
 
 from embedsvc.api.schemas import IndexList, JobInfo, ModelList
 from embedsvc.client import ApiError, ApiUnavailableError
-from webui.common import api_call, api_down_message, client, sidebar_links
+from embedsvc.webui.common import api_call, api_down_message, client, sidebar_links
 
 JOB_STATE = "overview_job"  # (index, job id) of the job this session started last
 FINISHED = ("succeeded", "failed", "cancelled")

@@ -13,7 +13,7 @@ import streamlit as st
 
 from embedsvc.client import ApiError, ApiUnavailableError
 from embedsvc.evaluation.schemas import EvalResponse
-from webui.common import (
+from embedsvc.webui.common import (
     INDEX_STATE,
     QUERY_STATE,
     api_call,
