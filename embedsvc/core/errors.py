@@ -1,13 +1,29 @@
-"""The base of the service's own errors: a message for people and a stable code for programs."""
+"""The root of the product's own errors: a message for people, a stable code for programs, an HTTP status.
+
+Every error embedsvc raises on purpose derives from ``EmbedsvcError`` and says its ``code`` and
+``http_status`` as class attributes; the API's one handler and the CLI's one ``error:`` line read them
+from here, so no table elsewhere maps classes to statuses. ``message`` is what users see (no server
+paths, pids or command lines when it can reach an HTTP client); ``log_detail`` is for the server log only.
+"""
 
 from __future__ import annotations
 
+from typing import ClassVar
 
-class CodedError(ValueError):
-    """An error a client caused; ``code`` is a stable machine-readable tag (the API maps it to a status)."""
 
-    code = "bad_request"
+class EmbedsvcError(Exception):
+    """An error the product raises on purpose (anything else reaching a user is a bug)."""
 
-    def __init__(self, message: str) -> None:
+    code: ClassVar[str] = "error"
+    http_status: ClassVar[int] = 400
+
+    def __init__(self, message: str, *, log_detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.log_detail = log_detail
+
+
+class CodedError(EmbedsvcError, ValueError):
+    """A client error (kept as the base of the search and job errors while they move onto EmbedsvcError)."""
+
+    code = "bad_request"
