@@ -1,0 +1,353 @@
+"""The engine: one query image through every model of an index, without HTTP.
+
+Decode once, then per model: its own preprocessing, a forward pass, and a store search; timings per
+stage, and the overlap (Jaccard@k) of the models' neighbour sets. "More like this" queries reuse the
+stored vector of an indexed image for each model instead of re-embedding it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from embedsvc.core.config import Settings
+from embedsvc.embedder import Embedder
+from embedsvc.images import ImageDecodeError, decode_image
+from embedsvc.search.compat import manifest_differences
+from embedsvc.search.errors import (
+    BadQueryError,
+    IncompatibleModelError,
+    ModelNotLoadedError,
+    NoSearchableModelError,
+    QueryNotFoundError,
+    UnknownLabelError,
+    UnknownModelError,
+)
+from embedsvc.search.holder import StoreHolder
+from embedsvc.search.results import ModelOutcome, Neighbour, Query, RowListing, SearchOutcome, StageObserver
+from embedsvc.store import IndexNotFoundError, Store
+
+
+class SearchEngine:
+    """Runs queries against a Store with the loaded embedders. Thread-safe.
+
+    On CPU every forward pass goes through one process-wide gate: a forward already uses every core,
+    so two at once only thrash the caches. On GPUs only the embedders' own per-model locks apply.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: StoreHolder,
+        embedders: Mapping[str, Embedder],
+        settings: Settings,
+        observer: StageObserver | None = None,
+    ) -> None:
+        self.store = store
+        self.embedders = dict(embedders)
+        self.settings = settings
+        self.observer = observer
+        on_cpu = all(e.device.type == "cpu" for e in self.embedders.values())
+        self.gate: threading.Lock | None = threading.Lock() if on_cpu else None
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _timed(self, timings: dict[str, float], model_key: str, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            timings[f"{stage}_ms"] = timings.get(f"{stage}_ms", 0.0) + seconds * 1000.0
+            if self.observer is not None:
+                self.observer(model_key, stage, seconds)
+
+    def forward(self, embedder: Embedder, batch: torch.Tensor) -> np.ndarray:
+        if self.gate is None:
+            return embedder.embed(batch)
+        with self.gate:
+            return embedder.embed(batch)
+
+    def check_k(self, k: int) -> None:
+        if not 1 <= k <= self.settings.max_k:
+            raise BadQueryError(f"k must be between 1 and {self.settings.max_k}, got {k}")
+
+    def index_manifests(self, index: str) -> dict[str, dict[str, Any]]:
+        """{model_key: manifest} of one index; IndexNotFoundError when it does not exist."""
+
+        def fetch(store: Store) -> dict[str, dict[str, Any]]:
+            out = {}
+            for mk in store.models_of(index):
+                manifest = store.get_manifest(index, mk)
+                if manifest is not None:
+                    out[mk] = dict(manifest)
+            return out
+
+        manifests = self.store.call(fetch)
+        if not manifests:
+            raise IndexNotFoundError(f"no index {index!r}")
+        return manifests
+
+    @staticmethod
+    def resolve_label(index: str, manifests: Mapping[str, Mapping[str, Any]], label: int | str | None) -> int | None:
+        """A label filter given as an id ("3") or a name ("bird") -> the index's label id."""
+        if label is None or label == "":
+            return None
+        if isinstance(label, int):
+            return label
+        text = label.strip()
+        if re.fullmatch(r"-?[0-9]+", text):  # ASCII digits only: str.isdigit() accepts "²"
+            value = int(text)
+            if not 0 <= value < 2**63:
+                raise UnknownLabelError(f"label id {value} is out of range")
+            return value
+        for manifest in manifests.values():
+            names = manifest.get("label_names") or []
+            if text in names:
+                return names.index(text)
+        raise UnknownLabelError(f"index {index!r} has no label named {text!r}")
+
+    def select_models(
+        self,
+        index: str,
+        manifests: Mapping[str, Mapping[str, Any]],
+        requested: Sequence[str] | None,
+        *,
+        need_loaded: bool,
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """The models to run, in request (or index) order, plus the index models skipped and why."""
+        skipped: list[tuple[str, str]] = []
+        if requested:
+            chosen = []
+            for name in requested:
+                key = self._canonical_key(name, manifests)
+                if key not in manifests:
+                    raise UnknownModelError(
+                        f"model {name!r} is not in index {index!r} (it has: {', '.join(sorted(manifests)) or 'none'})"
+                    )
+                if need_loaded and key not in self.embedders:
+                    raise ModelNotLoadedError(
+                        f"model {key!r} is not loaded by this service (loaded: {', '.join(self.embedders) or 'none'})"
+                    )
+                if key not in chosen:
+                    chosen.append(key)
+            return chosen, skipped
+        chosen = []
+        # The service's configured model order first (stable columns in the UI), then the rest.
+        ordered = [k for k in self.embedders if k in manifests]
+        ordered += sorted(k for k in manifests if k not in self.embedders)
+        for key in ordered:
+            if need_loaded and key not in self.embedders:
+                skipped.append((key, "model not loaded by this service"))
+            else:
+                chosen.append(key)
+        if not chosen:
+            raise NoSearchableModelError(
+                f"index {index!r} has no model this service has loaded "
+                f"(index: {', '.join(manifests) or 'none'}; loaded: {', '.join(self.embedders) or 'none'})"
+            )
+        return chosen, skipped
+
+    def _canonical_key(self, name: str, manifests: Mapping[str, Any]) -> str:
+        if name in manifests:
+            return name
+        from embedsvc.models.registry import get_spec
+
+        try:
+            return get_spec(name).key
+        except KeyError:
+            return name
+
+    def check_compatible(self, index: str, model_key: str, manifest: Mapping[str, Any]) -> None:
+        diffs = manifest_differences(manifest, self.embedders[model_key].manifest())
+        if diffs:
+            raise IncompatibleModelError(
+                f"model {model_key!r} as loaded cannot query index {index!r}: " + "; ".join(diffs)
+            )
+
+    def _outcome(
+        self,
+        model_key: str,
+        manifest: Mapping[str, Any],
+        hits: Sequence[Any],
+        timings: dict[str, float],
+        query_label: int | None,
+    ) -> ModelOutcome:
+        neighbours = [
+            Neighbour(
+                rank=rank,
+                id=int(h.id),
+                rel_path=str(h.rel_path),
+                label_id=None if h.label_id is None or h.label_id < 0 else int(h.label_id),
+                label_name=h.label_name or None,
+                distance=float(h.distance),
+                width=getattr(h, "width", None),
+                height=getattr(h, "height", None),
+                same_label_as_query=None if query_label is None else int(h.label_id) == query_label,
+            )
+            for rank, h in enumerate(hits, start=1)
+        ]
+        timings["total_ms"] = sum(v for k, v in timings.items() if k != "total_ms")
+        embedder = self.embedders.get(model_key)
+        weights = dict(manifest.get("weights") or (embedder.provenance.to_dict() if embedder else {}))
+        return ModelOutcome(
+            model_key=model_key,
+            display_name=str(manifest.get("display_name") or (embedder.spec.display_name if embedder else model_key)),
+            model_name=str(manifest.get("model_name") or (embedder.spec.model_name if embedder else model_key)),
+            dim=int(manifest.get("dim") or (embedder.dim if embedder else 0)),
+            provenance=weights,
+            timings_ms=timings,
+            neighbours=neighbours,
+        )
+
+    # -- listing -----------------------------------------------------------------------------------
+
+    def listing_model(self, index: str, manifests: Mapping[str, Mapping[str, Any]]) -> str:
+        """The model whose collection lists the index's images: the one holding the most rows (the
+        first in manifest order on a tie), so an image indexed by only some models is still listed."""
+        keys = list(manifests)
+        if len(keys) == 1:
+            return keys[0]
+        counts = self.store.call(lambda s: [s.count(index, key) for key in keys])
+        return keys[max(range(len(keys)), key=lambda i: (counts[i], -i))]
+
+    def list_images(
+        self, index: str, *, offset: int = 0, limit: int = 50, label: int | str | None = None
+    ) -> RowListing:
+        """One page of the index's images in id order; ``label`` (id or name) filters like a search's."""
+        manifests = self.index_manifests(index)
+        label_id = self.resolve_label(index, manifests, label)
+        key = self.listing_model(index, manifests)
+        rows, total = self.store.call(lambda s: s.list_rows(index, key, offset=offset, limit=limit, label_id=label_id))
+        return RowListing(index=index, model_key=key, label_filter=label_id, rows=rows, total=total)
+
+    def random_images(
+        self, index: str, *, count: int = 1, seed: int | None = None, label: int | str | None = None
+    ) -> RowListing:
+        """Up to ``count`` distinct random images of the index; the same ``seed`` draws the same ones
+        while the index is unchanged."""
+        manifests = self.index_manifests(index)
+        label_id = self.resolve_label(index, manifests, label)
+        key = self.listing_model(index, manifests)
+        rows, total = self.store.call(lambda s: s.sample_rows(index, key, count, seed=seed, label_id=label_id))
+        return RowListing(index=index, model_key=key, label_filter=label_id, rows=rows, total=total)
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def search_image(
+        self,
+        index: str,
+        data: bytes,
+        *,
+        k: int = 10,
+        models: Sequence[str] | None = None,
+        label: int | str | None = None,
+        kind: str = "upload",
+        name: str = "upload",
+    ) -> SearchOutcome:
+        """Embed an image file's bytes with each model and search the index. Decodes once."""
+        t0 = time.perf_counter()
+        self.check_k(k)
+        if len(data) > self.settings.max_upload_bytes:
+            raise ImageDecodeError(
+                name, "too_large", f"{len(data):,} bytes exceeds the limit of {self.settings.max_upload_bytes:,}"
+            )
+        manifests = self.index_manifests(index)
+        label_id = self.resolve_label(index, manifests, label)
+        chosen, skipped = self.select_models(index, manifests, models, need_loaded=True)
+        for key in chosen:
+            self.check_compatible(index, key, manifests[key])
+
+        t_dec = time.perf_counter()
+        decoded = decode_image(data, name=name, max_pixels=self.settings.max_image_pixels)
+        decode_ms = (time.perf_counter() - t_dec) * 1000.0
+        if self.observer is not None:
+            self.observer("*", "decode", decode_ms / 1000.0)
+        query = Query(
+            kind=kind, width=decoded.width, height=decoded.height, format=decoded.source_format, bytes=len(data)
+        )
+
+        outcomes = []
+        for key in chosen:
+            embedder = self.embedders[key]
+            timings: dict[str, float] = {"decode_ms": decode_ms}
+            with self._timed(timings, key, "preprocess"):
+                batch = embedder.preprocess(decoded.image).unsqueeze(0)
+            with self._timed(timings, key, "forward"):
+                vector = self.forward(embedder, batch)
+            with self._timed(timings, key, "search"):
+                hits = self.store.call(
+                    lambda s, key=key, vector=vector: s.search(index, key, vector, k, label_id=label_id)
+                )[0]
+            outcomes.append(self._outcome(key, manifests[key], hits, timings, None))
+        return SearchOutcome(
+            index=index,
+            k=k,
+            label_filter=label_id,
+            query=query,
+            models=outcomes,
+            skipped=skipped,
+            decode_ms=decode_ms,
+            total_ms=(time.perf_counter() - t0) * 1000.0,
+        )
+
+    def search_by_id(
+        self,
+        index: str,
+        row_id: int,
+        *,
+        k: int = 10,
+        models: Sequence[str] | None = None,
+        label: int | str | None = None,
+    ) -> SearchOutcome:
+        """ "More like this": each model searches with its own stored vector of ``row_id``, excluding it."""
+        t0 = time.perf_counter()
+        self.check_k(k)
+        manifests = self.index_manifests(index)
+        label_id = self.resolve_label(index, manifests, label)
+        chosen, skipped = self.select_models(index, manifests, models, need_loaded=False)
+        query: Query | None = None
+        outcomes = []
+        for key in chosen:
+            timings: dict[str, float] = {"decode_ms": 0.0, "preprocess_ms": 0.0, "forward_ms": 0.0}
+            with self._timed(timings, key, "search"):
+                rows = self.store.call(lambda s, key=key: s.get_rows(index, key, [row_id], with_vectors=True))
+                if not rows:
+                    raise QueryNotFoundError(f"no image with id {row_id} in index {index!r} (model {key!r})")
+                row = rows[0]
+                vector = np.asarray(row["vector"], dtype=np.float32).reshape(1, -1)
+                hits = self.store.call(
+                    lambda s, key=key, vector=vector: s.search(
+                        index, key, vector, k, label_id=label_id, exclude_ids=(row_id,)
+                    )
+                )[0]
+            if query is None:
+                row_label = row.get("label_id")
+                query = Query(
+                    kind="id",
+                    id=row_id,
+                    rel_path=row.get("rel_path"),
+                    label_id=None if row_label is None or row_label < 0 else int(row_label),
+                    label_name=row.get("label_name") or None,
+                    width=row.get("width"),
+                    height=row.get("height"),
+                )
+            outcomes.append(self._outcome(key, manifests[key], hits, timings, query.label_id))
+        assert query is not None  # select_models never returns an empty list
+        return SearchOutcome(
+            index=index,
+            k=k,
+            label_filter=label_id,
+            query=query,
+            models=outcomes,
+            skipped=skipped,
+            total_ms=(time.perf_counter() - t0) * 1000.0,
+        )
