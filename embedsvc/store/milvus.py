@@ -354,6 +354,7 @@ class Store:
         otherwise ``ManifestMismatchError`` names each differing field (vectors of different models,
         weights or preprocessing must never be mixed in one index).
         """
+        naming.check_index_name(index)  # a new collection needs a valid name (it also names report paths)
         dim = manifest.get("dim")
         if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= 32768:
             raise ValueError(f"manifest['dim'] must be an int in 1..32768, got {dim!r}")

@@ -1,10 +1,61 @@
-"""Stable ids and names of what the store writes: row ids, collection names, timestamps."""
+"""Stable ids and names of what the store writes: index names, row ids, collection names, timestamps.
+
+Index names become file and folder names (failure reports, thumbnails, collection names), so they
+follow one pattern, ``INDEX_NAME_PATTERN``: a letter or digit, then up to 63 letters, digits, ``_``
+or ``-``. That keeps every existing name (``photos``, ``imagenet-val``, ``my_photos``) and rules out
+``..``, ``/``, spaces and empty names. ``check_index_name`` is the function and ``IndexName`` the
+pydantic/FastAPI type; both refuse with ``BadIndexNameError`` (422 ``bad_index_name``).
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
 import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+from embedsvc.core.errors import CodedError
+
+INDEX_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+INDEX_NAME_MAX = 64
+_INDEX_NAME = re.compile(INDEX_NAME_PATTERN)
+
+
+class BadIndexNameError(CodedError):
+    """An index name outside ``INDEX_NAME_PATTERN`` (it would build a path or a collection name)."""
+
+    code = "bad_index_name"
+    http_status = 422
+
+
+def check_index_name(name: Any) -> str:
+    """``name`` itself when it matches ``INDEX_NAME_PATTERN``; ``BadIndexNameError`` otherwise.
+
+    Called wherever a name becomes a path or a collection, before anything is written.
+    """
+    if not isinstance(name, str) or not _INDEX_NAME.fullmatch(name):
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:80]) + "..."
+        raise BadIndexNameError(
+            f"index name {shown} is not allowed: use 1-{INDEX_NAME_MAX} letters, digits, '_' or '-', "
+            "starting with a letter or digit (e.g. my-photos)"
+        )
+    return name
+
+
+# A str that is a valid index name: usable as a FastAPI path/query parameter or a pydantic field. The
+# Field constraints put the pattern into the OpenAPI schema; the validator is the same check as above.
+IndexName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=INDEX_NAME_MAX,
+        pattern=INDEX_NAME_PATTERN,
+        description="Index name: 1-64 letters, digits, '_' or '-', starting with a letter or digit.",
+    ),
+    AfterValidator(check_index_name),
+]
 
 
 def row_id(index: str, rel_path: str) -> int:
