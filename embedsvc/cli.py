@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
-from embedsvc.cli_common import ALLOW_RANDOM, DEVICE, MODELS, WEIGHTS, apply_overrides
+from embedsvc.cli_common import (
+    ALLOW_RANDOM,
+    DEVICE,
+    MODELS,
+    WEIGHTS,
+    ErrorLineGroup,
+    apply_overrides,
+    debug_requested,
+    setup_logging,
+)
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+# Plain click help (rich_markup_mode=None): no "<bool>" metavars, one or two lines per option at 80 columns.
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, cls=ErrorLineGroup, rich_markup_mode=None)
 console = Console()
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    debug: bool = typer.Option(False, "--debug", help="Debug logging, and tracebacks with errors (EMBEDSVC_DEBUG=1)."),
+) -> None:
+    setup_logging(verbose=verbose, debug=debug or debug_requested([]))
 
 
 @app.command("models")
@@ -31,8 +38,8 @@ def models_cmd(
     weights: WEIGHTS = None,
     allow_random_weights: ALLOW_RANDOM = False,
     device: DEVICE = None,
-    load: bool = typer.Option(False, help="Load each model and show its weights provenance and dimension."),
-    as_json: bool = typer.Option(False, "--json"),
+    load: bool = typer.Option(False, "--load", help="Load each model: show its weights' provenance and dimension."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the embedders embedsvc knows (and, with --load, where each one's weights resolve from)."""
     from embedsvc.models.registry import get_spec, list_specs

@@ -1,28 +1,199 @@
-"""Options shared by every subcommand, and how they override the typed settings."""
+"""Options shared by every subcommand, how they override the typed settings, and the one error wrapper.
+
+``ErrorLineGroup`` is the click group class of every embedsvc console app (``embedsvc``, the demo): its
+``main`` turns every failure into exactly one ``error: ...`` line on stderr and a non-zero exit, so no
+command needs its own try/except for the common cases. ``--debug`` (or ``EMBEDSVC_DEBUG=1``) also
+prints the traceback.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import errno
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from embedsvc.core.config import Settings, get_settings
 
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+DEBUG_ENV = "EMBEDSVC_DEBUG"
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
 MODELS = Annotated[
     list[str] | None,
-    typer.Option("--model", "-m", help="Embedder key (repeatable). Default: the settings' models."),
+    typer.Option("--model", "-m", metavar="KEY", help="Embedder key (repeatable). Default: the registry's defaults."),
 ]
 WEIGHTS = Annotated[
     list[str] | None,
-    typer.Option("--weights", help="KEY=PATH_OR_URL explicit weights for one model (repeatable)."),
+    typer.Option("--weights", metavar="KEY=PATH", help="Explicit weights (path or URL) for one model; repeatable."),
 ]
 ALLOW_RANDOM = Annotated[
     bool,
-    typer.Option("--allow-random-weights", help="Use seeded random weights (marked untrained) when none resolve."),
+    typer.Option("--allow-random-weights", help="Seeded random weights (marked untrained) when none resolve."),
 ]
-DEVICE = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")]
-MILVUS_URI = Annotated[str | None, typer.Option("--milvus-uri", help="Milvus Lite file or http://host:19530.")]
-DATA_DIR = Annotated[str | None, typer.Option("--data-dir", help="Where the Lite database, reports and caches go.")]
+DEVICE = Annotated[str | None, typer.Option("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N.")]
+MILVUS_URI = Annotated[
+    str | None, typer.Option("--milvus-uri", metavar="URI", help="Milvus Lite file (x.db) or http://host:19530.")
+]
+DATA_DIR = Annotated[
+    str | None, typer.Option("--data-dir", metavar="DIR", help="Lite database, reports and caches go here.")
+]
+
+
+def debug_requested(args: Sequence[str] | None = None) -> bool:
+    """``--debug`` anywhere before ``--`` on the command line, or EMBEDSVC_DEBUG set to a true value."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if "--" in argv:
+        argv = argv[: argv.index("--")]
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    if exc.errno in _DISK_FULL:
+        directory = os.path.dirname(os.path.abspath(str(exc.filename))) if exc.filename is not None else None
+        place = f" writing {where} (directory {directory})" if directory else ""
+        return f"disk full: {exc.strerror or 'no space left on device'}{place}; free some space and rerun"
+    reason = exc.strerror or str(exc)
+    return f"{reason}: {where}" if where else reason
+
+
+def _validation_line(exc: Any) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err.get("loc", ())) or "value"
+        parts.append(f"{field}: {str(err.get('msg', '')).removeprefix('Value error, ')}")
+    return f"invalid settings: {'; '.join(parts)}"
+
+
+def error_line(exc: BaseException) -> tuple[str, int]:
+    """The one line (without ``error: ``) and exit code that a failure becomes; anything unexpected is an
+    ``internal error`` naming its type, because users cannot act on a traceback."""
+    from pydantic import ValidationError
+
+    from embedsvc.core.errors import EmbedsvcError
+
+    if isinstance(exc, typer.TyperException) and hasattr(exc, "format_message"):  # typer's (vendored) click errors
+        ctx = getattr(exc, "ctx", None)  # usage errors carry the command's context
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        return _one_line(exc.format_message()) + hint, getattr(exc, "exit_code", EXIT_ERROR) or EXIT_ERROR
+    if isinstance(exc, typer.Abort | KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPTED
+    if isinstance(exc, EmbedsvcError):
+        return _one_line(exc.message), EXIT_ERROR
+    if _is_store_error(exc):  # the store's errors carry a message written for the user
+        return _one_line(str(exc)), EXIT_ERROR
+    if isinstance(exc, ValidationError):
+        return _one_line(_validation_line(exc)), EXIT_ERROR
+    if isinstance(exc, UnicodeError):
+        return _one_line(f"text is not valid UTF-8 ({exc})"), EXIT_ERROR
+    if isinstance(exc, OSError):
+        return _one_line(_os_error_line(exc)), EXIT_ERROR
+    if isinstance(exc, MemoryError):
+        return "out of memory", EXIT_ERROR
+    detail = _one_line(str(exc)) if str(exc) else ""
+    return f"internal error: {type(exc).__name__}: {detail} (run with --debug for the traceback)", EXIT_ERROR
+
+
+def _is_store_error(exc: BaseException) -> bool:
+    store_errors = sys.modules.get("embedsvc.store.errors")  # never import the engine just to classify
+    return store_errors is not None and isinstance(exc, store_errors.StoreError)
+
+
+def report_error(exc: BaseException, *, debug: bool) -> int:
+    """Print the traceback (debug only) and then the one ``error:`` line; return the exit code."""
+    line, code = error_line(exc)
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+        detail = getattr(exc, "log_detail", None)
+        if detail:
+            sys.stderr.write(f"detail: {detail}\n")
+    sys.stderr.write(f"error: {line}\n")
+    sys.stderr.flush()
+    return code
+
+
+class ErrorLineGroup(TyperGroup):
+    """A typer group whose ``main`` never lets a traceback reach the user (see the module docstring)."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        debug = debug_requested(args)
+        try:
+            rv = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
+            code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+        except SystemExit as exc:  # sys.exit() inside a command (uvicorn does this on a bind failure)
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_ERROR)
+            if isinstance(exc.code, str):
+                sys.stderr.write(f"error: {_one_line(exc.code)}\n")
+        except BaseException as exc:  # noqa: BLE001 - this is the one place every failure is reported
+            code = report_error(exc, debug=debug)
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+class QuietTracebackFormatter(logging.Formatter):
+    """Log records with exc_info keep one ``Type: message`` suffix; the traceback only with --debug."""
+
+    def __init__(self, fmt: str | None = None, *, debug: bool = False) -> None:
+        super().__init__(fmt)
+        self.debug = debug
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        if self.debug:
+            return super().formatException(ei)
+        exc = ei[1]
+        return f"{type(exc).__name__}: {_one_line(str(exc))} (--debug shows the traceback)"
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+        return stack_info if self.debug else ""
+
+
+def setup_logging(*, verbose: bool = False, debug: bool = False, fmt: str = "%(message)s") -> None:
+    """One stderr handler for the whole process, tracebacks only with --debug (see QuietTracebackFormatter)."""
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=Console(stderr=True), show_path=False)
+    handler.setFormatter(QuietTracebackFormatter(fmt, debug=debug))
+    logging.basicConfig(level=logging.DEBUG if verbose or debug else logging.INFO, handlers=[handler], force=True)
+
+
+def _check_model(key: str) -> str:
+    """An unknown --model is a usage error naming the known keys (the registry decides what is known)."""
+    from embedsvc.models.registry import get_spec
+
+    try:
+        get_spec(key)
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc).strip("'\""), param_hint="--model") from None
+    return key
 
 
 def parse_weights(items: list[str] | None) -> dict[str, str]:
@@ -48,7 +219,7 @@ def apply_overrides(
     base = get_settings()
     update: dict = {}
     if models:
-        update["models"] = models
+        update["models"] = [_check_model(m) for m in models]
     if weights:
         update["weights"] = base.weights | parse_weights(weights)
     if allow_random:

@@ -23,7 +23,11 @@ from embedsvc.core.config import Settings
 
 log = logging.getLogger(__name__)
 
-index_app = typer.Typer(help="Bulk-index images into Milvus (one FLAT/L2 collection per model).", no_args_is_help=True)
+index_app = typer.Typer(
+    help="Bulk-index images into Milvus (one FLAT/L2 collection per model).",
+    no_args_is_help=True,
+    rich_markup_mode=None,  # plain click help: no "<bool>" metavars, short lines at 80 columns
+)
 
 EXIT_ERROR = 1
 EXIT_STRICT = 3
