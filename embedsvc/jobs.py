@@ -22,6 +22,7 @@ from typing import Any
 from embedsvc.core.config import Settings
 from embedsvc.core.errors import CodedError
 from embedsvc.embedder import Embedder
+from embedsvc.manifest import incompatibilities
 from embedsvc.search import ModelNotLoadedError, StoreHolder, UnknownModelError
 
 log = logging.getLogger(__name__)
@@ -193,19 +194,16 @@ class JobManager:
         return loaded or list(self.embedders)
 
     def _check_same_root(self, index: str, folder: Path) -> None:
-        def roots(store: Any) -> set[str]:
-            out = set()
-            for key in store.models_of(index):
-                manifest = store.get_manifest(index, key) or {}
-                if manifest.get("dataset_root"):
-                    out.add(str(manifest["dataset_root"]))
-            return out
+        candidate = {"index_kind": "folder", "dataset_root": str(folder)}
 
-        for root in self.store.call(roots):
-            if Path(root) != folder:
-                raise IndexRootMismatchError(
-                    f"index {index!r} was built from another folder; index {str(folder)!r} under a new index name"
-                )
+        def problems(store: Any) -> list[str]:
+            manifests = [store.get_manifest(index, key) for key in store.models_of(index)]
+            return [p for manifest in manifests for p in incompatibilities(manifest, candidate)]
+
+        if self.store.call(problems):
+            raise IndexRootMismatchError(
+                f"index {index!r} was built from another folder; index {str(folder)!r} under a new index name"
+            )
 
     def start(
         self,

@@ -167,9 +167,13 @@ def test_manifest_mismatch_names_each_field(store: Store, index: str) -> None:
     assert err.value.fields == ["dim", "normalize"]
     assert "dim: stored 32, new 64" in str(err.value) and "normalize" in str(err.value)
     other_weights = manifest(weights={"source": "seeded-random", "sha256": "cd" * 32})
-    with pytest.raises(ManifestMismatchError, match="weights_sha256") as err:
+    with pytest.raises(ManifestMismatchError, match="weights") as err:
         store.ensure_collection(index, "m", other_weights)
-    assert err.value.fields == ["weights_sha256"]
+    assert err.value.fields == ["weights"]
+    # The same weights file passed from another place is the same weights: accepted.
+    store.ensure_collection(index, "m", manifest(weights={"source": "file:/elsewhere.pth", "sha256": "ab" * 32}))
+    with pytest.raises(ManifestMismatchError, match="weights"):  # random weights: only the same seed
+        store.ensure_collection(index, "m", manifest(weights={"source": "random", "trained": False, "seed": 1}))
     with pytest.raises(ManifestMismatchError, match="preprocessing"):
         store.ensure_collection(index, "m", manifest(preprocessing={"input_size": [3, 224, 224]}))
     assert set(COMPAT_FIELDS) >= {"model_name", "dim", "normalize", "preprocessing"}

@@ -4,7 +4,6 @@ The HTTP layer (``embedsvc.api``) only translates parameters and errors; everyth
 what a result is lives here so the CLI, benchmarks and tests can call it directly.
 """
 
-from embedsvc.search.compat import manifest_differences
 from embedsvc.search.engine import SearchEngine
 from embedsvc.search.errors import (
     BadQueryError,
@@ -48,6 +47,5 @@ __all__ = [
     "UnknownLabelError",
     "UnknownModelError",
     "jaccard",
-    "manifest_differences",
     "parse_model_list",
 ]

@@ -20,10 +20,10 @@ import torch
 from embedsvc.core.config import Settings
 from embedsvc.embedder import Embedder
 from embedsvc.images import ImageDecodeError, decode_image
-from embedsvc.search.compat import manifest_differences
+from embedsvc.manifest import incompatibilities
 from embedsvc.search.errors import (
-    BadQueryError,
     IncompatibleModelError,
+    KOutOfRangeError,
     ModelNotLoadedError,
     NoSearchableModelError,
     QueryNotFoundError,
@@ -78,7 +78,7 @@ class SearchEngine:
 
     def check_k(self, k: int) -> None:
         if not 1 <= k <= self.settings.max_k:
-            raise BadQueryError(f"k must be between 1 and {self.settings.max_k}, got {k}")
+            raise KOutOfRangeError(f"k must be between 1 and {self.settings.max_k}, got {k}")
 
     def index_manifests(self, index: str) -> dict[str, dict[str, Any]]:
         """{model_key: manifest} of one index; IndexNotFoundError when it does not exist."""
@@ -167,7 +167,7 @@ class SearchEngine:
             return name
 
     def check_compatible(self, index: str, model_key: str, manifest: Mapping[str, Any]) -> None:
-        diffs = manifest_differences(manifest, self.embedders[model_key].manifest())
+        diffs = incompatibilities(manifest, self.embedders[model_key].manifest())
         if diffs:
             raise IncompatibleModelError(
                 f"model {model_key!r} as loaded cannot query index {index!r}: " + "; ".join(diffs)

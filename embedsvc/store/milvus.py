@@ -39,6 +39,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from embedsvc.manifest import (
+    IDENTITY_FIELDS,
+    SCHEMA_VERSION,
+    VECTOR_FIELDS,
+    Manifest,
+    incompatibilities,
+    incompatible_fields,
+)
 from embedsvc.store import naming
 from embedsvc.store.errors import (
     DimensionMismatchError,
@@ -61,12 +69,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MANIFESTS = "embedsvc_manifests"
-SCHEMA_VERSION = 1
-#: Fields that must match between an existing index and new vectors (else they are not comparable).
-#: ``weights_source``/``weights_sha256`` may also be given nested as ``{"weights": {"source", "sha256"}}``.
-COMPAT_FIELDS = ("model_name", "weights_source", "weights_sha256", "dim", "normalize", "preprocessing")
-#: Set by the store itself; ``update_manifest`` may not change them either.
-_IDENTITY_FIELDS = ("index", "model_key", "collection", "schema_version")
+#: Fields that must match between an existing index and new vectors (the rule: ``embedsvc.manifest``).
+COMPAT_FIELDS = VECTOR_FIELDS
 
 MAX_TOPK = 16384  # Milvus' limit for k and for offset + limit
 #: Largest offset + limit of one query (both engines refuse more); ``list_rows`` pages past it by id.
@@ -339,18 +343,10 @@ class Store:
             out.setdefault(m["index"], []).append(m["model_key"])
         return out
 
-    @staticmethod
-    def _compat_value(manifest: dict[str, Any], field: str) -> Any:
-        if field in manifest:
-            return manifest[field]
-        if field.startswith("weights_") and isinstance(manifest.get("weights"), dict):
-            return manifest["weights"].get(field.removeprefix("weights_"))
-        return None
-
     def ensure_collection(self, index: str, model_key: str, manifest: dict[str, Any]) -> None:
         """Create the (index, model) collection for ``manifest["dim"]``-d vectors, or check it matches.
 
-        An existing index keeps its vectors only if every field in ``COMPAT_FIELDS`` is equal;
+        An existing index keeps its vectors only if ``embedsvc.manifest.incompatibilities`` finds nothing;
         otherwise ``ManifestMismatchError`` names each differing field (vectors of different models,
         weights or preprocessing must never be mixed in one index).
         """
@@ -359,20 +355,15 @@ class Store:
         if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= 32768:
             raise ValueError(f"manifest['dim'] must be an int in 1..32768, got {dim!r}")
         name = self.collection_name(index, model_key)
-        new = json.loads(json.dumps(manifest, default=str))  # compare in stored (JSON) form
+        new = Manifest.of(json.loads(json.dumps(dict(manifest), default=str))).to_dict()  # stored (JSON) form
         stored = self.get_manifest(index, model_key)
         if stored is not None:
-            diffs = []
-            for field in COMPAT_FIELDS:
-                old_v, new_v = self._compat_value(stored, field), self._compat_value(new, field)
-                if old_v != new_v:
-                    diffs.append((field, old_v, new_v))
-            if diffs:
-                detail = "; ".join(f"{f}: stored {o!r}, new {n!r}" for f, o, n in diffs)
+            problems = incompatibilities(stored, new)
+            if problems:
                 raise ManifestMismatchError(
-                    f"index {index!r} model {model_key!r} holds vectors made differently ({detail}). "
+                    f"index {index!r} model {model_key!r} holds vectors made differently ({'; '.join(problems)}). "
                     "Use a new index name, or drop this index and re-index.",
-                    [f for f, _, _ in diffs],
+                    incompatible_fields(problems),
                 )
         self._create_collection(name, dim)
         if stored is None:
@@ -412,15 +403,16 @@ class Store:
 
     def update_manifest(self, index: str, model_key: str, **fields: Any) -> None:
         """Merge ``fields`` (e.g. row_count, updated_at) into the manifest; compat fields are frozen."""
-        frozen = sorted(set(fields) & {*COMPAT_FIELDS, *_IDENTITY_FIELDS, "weights"})
+        frozen = sorted(set(fields) & {*VECTOR_FIELDS, *IDENTITY_FIELDS})
         if frozen:
             raise ValueError(f"cannot change {', '.join(frozen)} of an existing index; re-index instead")
         name, _ = self._manifest(index, model_key)
         current = self.get_manifest(index, model_key) or {}
-        current.update(json.loads(json.dumps(fields, default=str)))
-        if "updated_at" not in fields:
-            current["updated_at"] = naming.now_iso()
-        self._put_manifest(name, current)
+        given = Manifest.of(json.loads(json.dumps(fields, default=str))).to_dict()
+        merged = Manifest.of({**current, **given})
+        if "updated_at" not in given:
+            merged.updated_at = naming.now_iso()
+        self._put_manifest(name, merged.to_dict())
 
     def list_indexes(self) -> dict[str, dict[str, dict[str, Any]]]:
         """index -> model_key -> manifest, each with ``live_row_count`` counted now."""

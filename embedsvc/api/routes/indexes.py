@@ -21,7 +21,7 @@ from embedsvc.api.schemas import (
     error_responses,
 )
 from embedsvc.embedder import Embedder
-from embedsvc.search import manifest_differences
+from embedsvc.manifest import incompatibilities
 
 MAX_PAGE = 500  # rows per page of GET /indexes/{name}/images
 MAX_RANDOM = 100  # rows per draw of GET /indexes/{name}/images/random
@@ -49,7 +49,7 @@ def index_info(name: str, manifests: Mapping[str, Mapping[str, Any]], embedders:
                 model_key=key,
                 row_count=_row_count(manifest),
                 loaded=embedder is not None,
-                compatible=None if embedder is None else not manifest_differences(manifest, embedder.manifest()),
+                compatible=None if embedder is None else not incompatibilities(manifest, embedder.manifest()),
                 manifest=dict(manifest),
             )
         )
