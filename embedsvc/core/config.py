@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODELS = ("gresnet50", "convnext_tiny", "deit3_small")
+_SERVER_SCHEMES = ("http", "https", "tcp", "grpc", "unix")
 
 
 class Settings(BaseSettings):
@@ -70,6 +71,24 @@ class Settings(BaseSettings):
     max_image_pixels: int = 64_000_000
     max_k: int = 100
     thumbnail_sizes: list[int] = Field(default_factory=lambda: [128, 256])
+
+    @field_validator("milvus_uri")
+    @classmethod
+    def _check_milvus_uri(cls, value: str) -> str:
+        """A file path (``x.db``, relative to the working directory) selects Milvus Lite; ``http(s)://``,
+        ``tcp://``, ``grpc://`` or ``unix:`` a server; anything else is refused here, before any store opens."""
+        value = value.strip()
+        scheme, sep, rest = value.partition(":")
+        if not value or (sep and scheme.lower() in _SERVER_SCHEMES and rest.strip("/")):
+            return value
+        if "://" in value:
+            raise ValueError(f"MILVUS_URI scheme {scheme!r} is not supported (use http(s)://, tcp:// or a .db file)")
+        if not value.endswith(".db"):
+            raise ValueError(
+                f"MILVUS_URI must be a Milvus Lite file ending in .db (e.g. ./milvus.db) or a server URL "
+                f"(http://host:19530), got {value!r}"
+            )
+        return value
 
     @field_validator("device")
     @classmethod

@@ -155,6 +155,9 @@ class Store:
 
     # -- connection -----------------------------------------------------------------------------
     def _connect(self) -> None:
+        from embedsvc.store.pymilvus_import import import_pymilvus
+
+        import_pymilvus()  # first import with MILVUS_URI hidden: pymilvus would reject a Lite path in it
         from pymilvus import MilvusClient
 
         grpc_uri = self.uri
