@@ -37,5 +37,11 @@ class BadQueryError(SearchError):
     code = "bad_query"
 
 
+class KOutOfRangeError(BadQueryError):
+    """k outside 1..max_k: ``SearchEngine.check_k`` is its one owner (the API calls it too)."""
+
+    code = "k_out_of_range"
+
+
 class UnknownLabelError(SearchError):
     code = "unknown_label"
