@@ -1,10 +1,21 @@
-"""The one place preprocessing is derived: from the model's own timm data config."""
+"""The one place preprocessing is derived: from the model's own timm data config.
+
+The indexer and the service both call :func:`eval_transform`, so query and index vectors cannot drift apart.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from torch import nn
+from PIL import Image
+from torch import Tensor, nn
+from torchvision import transforms as T
+from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
+
+# Above this many crops' worth of resized long side, only the kept window is resampled (see BoundedEvalTransform).
+ELONGATED_FACTOR = 4
+_MAX_SUPPORT = 3.0  # Lanczos; bicubic is 2, bilinear 1
 
 
 def data_config_for(model: nn.Module, input_size: int | None = None) -> dict[str, Any]:
@@ -17,11 +28,128 @@ def data_config_for(model: nn.Module, input_size: int | None = None) -> dict[str
     return config
 
 
-def eval_transform(data_config: dict[str, Any]):
-    """PIL image -> normalised tensor, exactly as timm's validate script does it."""
-    from timm.data import create_transform
+class BoundedEvalTransform:
+    """timm's eval transform (short-side resize, centre crop, normalise) with bounded memory for any shape.
 
-    return create_transform(**data_config, is_training=False)
+    timm resizes the whole image before cropping, so a 65535x1 PNG becomes a 16,776,960x256 image (~13 GB)
+    of which 224x224 are kept. When the resized long side exceeds ``ELONGATED_FACTOR`` crops, this
+    resamples only the window the centre crop keeps: the source is cut to that window's pixels plus a
+    margin for the filter's support (widened by the scale factor when downscaling, as antialiasing does),
+    and the two one-axis passes Pillow would run are run in Pillow's order, the long axis through
+    ``resize(box=...)`` on the full resize's sampling grid. The result matches timm's to within 8-bit
+    rounding (float rounding of the grid). Other images go through timm's transform untouched
+    (bit-identical tensors).
+
+    Peak memory of one call, on top of the decoded image itself (Pillow keeps 4 bytes/pixel, so at most
+    4 x max_image_pixels bytes): about ``4 * F * crop * (short_side + scale_size)`` bytes for Pillow's
+    two passes, with F = ``ELONGATED_FACTOR`` and ``short_side <= sqrt(max_image_pixels)``: ~30 MB at
+    224 px and the default 64 MP limit, whatever the aspect ratio. Configs this does not recognise
+    (non-square input; ``squash`` and ``border`` crop modes, which never blow up) use timm's transform.
+    """
+
+    def __init__(self, data_config: dict[str, Any]) -> None:
+        from timm.data import create_transform
+
+        self.exact = create_transform(**data_config, is_training=False)
+        steps = list(getattr(self.exact, "transforms", []))
+        self.resize: T.Resize | None = None
+        if (
+            len(steps) >= 2
+            and isinstance(steps[0], T.Resize)
+            and isinstance(steps[1], T.CenterCrop)
+            and _short_side_size(steps[0].size) is not None
+            and steps[0].max_size is None
+        ):
+            self.resize, self.crop, self.tail = steps[0], steps[1], T.Compose(steps[2:])
+
+    @property
+    def bounded(self) -> bool:
+        """True when elongated images take the bounded path (every registered model's config does)."""
+        return self.resize is not None
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        if self.resize is None:
+            return self.exact(image)
+        short = _short_side_size(self.resize.size)
+        assert short is not None
+        crop_h, crop_w = self.crop.size
+        width, height = image.size
+        # torchvision's short-side rule (`_compute_resized_output_size`): long = int(short * long / short_side)
+        if width <= height:
+            new_w, new_h = short, int(short * height / width)
+        else:
+            new_w, new_h = int(short * width / height), short
+        elongated = new_w > ELONGATED_FACTOR * crop_w or new_h > ELONGATED_FACTOR * crop_h
+        if not elongated or (new_w, new_h) == (width, height):  # the latter: timm does not resample at all
+            return self.exact(image)
+        resample = _pil_filter(self.resize.interpolation)
+        if new_w > new_h:
+            window = _resample_window(image, (new_w, new_h), crop_w, resample, horizontal=True)
+        else:
+            window = _resample_window(image, (new_w, new_h), crop_h, resample, horizontal=False)
+        return self.tail(self.crop(window))
+
+
+def _resample_window(
+    image: Image.Image, resized: tuple[int, int], keep: int, resample: int, *, horizontal: bool
+) -> Image.Image:
+    """The ``keep`` pixels the centre crop takes along the long axis of ``image.resize(resized)``, full short axis.
+
+    Pillow resizes in two one-axis passes whose order it picks from the sizes, and rounds to 8 bits in
+    between; the passes are run here in the order the full resize would use, so only the long axis'
+    sampling grid differs (by float rounding).
+    """
+    width, height = image.size
+    new_w, new_h = resized
+    long_in, long_out = (width, new_w) if horizontal else (height, new_h)
+    offset = int(round((long_out - keep) / 2.0))  # torchvision's centre-crop offset
+    scale = long_in / long_out
+    lo, hi = offset * scale, min((offset + keep) * scale, float(long_in))
+    # Pillow reads center +- support * max(scale, 1) around each output pixel; Lanczos has the widest support (3).
+    margin = math.ceil(_MAX_SUPPORT * max(scale, 1.0)) + 2
+    start, stop = max(0, math.floor(lo) - margin), min(long_in, math.ceil(hi) + margin)
+    horizontal_first = _pillow_horizontal_first((width, height), resized)
+    if horizontal == horizontal_first:  # long axis first: its box reads only the window's source pixels
+        if horizontal:
+            first = image.resize((keep, height), resample, box=(lo, 0.0, hi, float(height)))
+            return first.resize((keep, new_h), resample)
+        first = image.resize((width, keep), resample, box=(0.0, lo, float(width), hi))
+        return first.resize((new_w, keep), resample)
+    # short axis first: cut the long axis (window + margin) out of the source before that pass
+    if horizontal:
+        part = image.crop((start, 0, stop, height)).resize((stop - start, new_h), resample)
+        return part.resize((keep, new_h), resample, box=(lo - start, 0.0, hi - start, float(new_h)))
+    part = image.crop((0, start, width, stop)).resize((new_w, stop - start), resample)
+    return part.resize((new_w, keep), resample, box=(0.0, lo - start, float(new_w), hi - start))
+
+
+def _pillow_horizontal_first(size_in: tuple[int, int], size_out: tuple[int, int]) -> bool:
+    """Pillow's pass order (src/libImaging/Resample.c): vertical first only when height shrinks > 2x width."""
+    shrink_x, shrink_y = size_in[0] - size_out[0], size_in[1] - size_out[1]
+    return not (shrink_y > 0 and shrink_y > shrink_x * 2)
+
+
+def _short_side_size(size: Any) -> int | None:
+    """The target short side when a torchvision ``Resize`` size means "short side" (int or 1-list)."""
+    if isinstance(size, int):
+        return size
+    if isinstance(size, list | tuple) and len(size) == 1:
+        return int(size[0])
+    return None
+
+
+def _pil_filter(interpolation: InterpolationMode | int) -> int:
+    if isinstance(interpolation, InterpolationMode):
+        return pil_modes_mapping[interpolation]
+    return int(interpolation)
+
+
+def eval_transform(data_config: dict[str, Any]) -> BoundedEvalTransform:
+    """PIL image -> normalised tensor as timm's validate script does it, with memory bounded for any shape.
+
+    A picklable callable (the indexer ships it to DataLoader workers).
+    """
+    return BoundedEvalTransform(data_config)
 
 
 def describe(data_config: dict[str, Any]) -> dict[str, Any]:
