@@ -6,11 +6,13 @@ float32, optionally L2-normalised. CPU runs fp32; CUDA runs bf16 autocast and ch
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,38 @@ from embedsvc.models.weights import (
 log = logging.getLogger(__name__)
 
 
+class ForwardGate:
+    """Who may run a forward pass now: the one owner of that policy (searches and index jobs alike).
+
+    On CPU one forward at a time in the whole process: a forward already uses every core, so two at
+    once only thrash the caches. On a GPU one forward at a time per model. ``hold`` reports how long
+    the caller queued, so that time is never counted as forward (compute) time.
+    """
+
+    def __init__(self) -> None:
+        self._cpu = threading.Lock()
+        self._per_model: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def lock_for(self, embedder: Embedder) -> threading.Lock:
+        if embedder.device.type == "cpu":
+            return self._cpu
+        with self._guard:
+            return self._per_model.setdefault(embedder.key, threading.Lock())
+
+    @contextlib.contextmanager
+    def hold(self, embedder: Embedder) -> Iterator[float]:
+        """Wait for the embedder's turn; yields the seconds waited."""
+        lock = self.lock_for(embedder)
+        start = time.perf_counter()
+        with lock:
+            yield time.perf_counter() - start
+
+
+#: The process' gate: every embedder uses it unless given another (its CPU turn-taking spans all models).
+FORWARD_GATE = ForwardGate()
+
+
 @dataclass
 class Embedder:
     spec: EmbedderSpec
@@ -45,11 +79,11 @@ class Embedder:
     data_config: dict[str, Any]
     device: torch.device
     normalize: bool
+    gate: ForwardGate = field(default=FORWARD_GATE, repr=False)
 
     def __post_init__(self) -> None:
         self.transform = transforms.eval_transform(self.data_config)
         self.dim = int(self.model.num_features)
-        self._lock = threading.Lock()  # one forward at a time per model: never oversubscribe the CPU
 
     @property
     def key(self) -> str:
@@ -64,9 +98,14 @@ class Embedder:
         return self.transform(image)
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:
-        """(N, 3, H, W) preprocessed batch -> (N, dim) float32 embeddings."""
+        """(N, 3, H, W) preprocessed batch -> (N, dim) float32 embeddings, when the gate gives the turn."""
+        return self.embed_timed(batch)[0]
+
+    def embed_timed(self, batch: torch.Tensor) -> tuple[np.ndarray, float, float]:
+        """(embeddings, seconds queued at the gate, seconds of forward compute)."""
         batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with self._lock, torch.inference_mode():
+        with self.gate.hold(self) as queued, torch.inference_mode():
+            start = time.perf_counter()
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     features = self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
@@ -75,7 +114,9 @@ class Embedder:
             features = features.float()
             if self.normalize:
                 features = F.normalize(features, dim=1)
-        return features.cpu().numpy()
+            out = features.cpu().numpy()  # inside the turn: on CUDA this waits for the kernels
+            computed = time.perf_counter() - start
+        return out, queued, computed
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         out = [

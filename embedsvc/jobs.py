@@ -105,25 +105,6 @@ class Job:
         return self.state in ("succeeded", "failed", "cancelled")
 
 
-class _GatedEmbedder:
-    """An embedder whose forward passes share the search engine's CPU gate.
-
-    A job's batch forwards and the searches' forwards then take turns instead of running at once
-    (each already uses every core); everything else is the wrapped embedder's.
-    """
-
-    def __init__(self, embedder: Embedder, gate: threading.Lock) -> None:
-        self._embedder = embedder
-        self._gate = gate
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._embedder, name)
-
-    def embed(self, batch: Any) -> Any:
-        with self._gate:
-            return self._embedder.embed(batch)
-
-
 def check_root(root: str, allowed_roots: Sequence[Path]) -> Path:
     """The resolved folder, only if it lies under one of the allowed roots (symlinks resolved first)."""
     if not allowed_roots:
@@ -157,11 +138,9 @@ class JobManager:
         settings: Settings,
         metrics: Any = None,
         max_history: int = 100,
-        gate: threading.Lock | None = None,
     ) -> None:
-        """``gate``: the search engine's CPU forward gate (None on GPUs), shared with job forwards."""
+        """Job forwards take turns with searches' through the embedders' own ``ForwardGate``."""
         self.store = store
-        self.gate = gate
         self.embedders = dict(embedders)
         self.settings = settings
         self.metrics = metrics
@@ -241,10 +220,6 @@ class JobManager:
         log.info("job %s: indexing %s into %r with %s", job.id, folder, index, ", ".join(chosen))
         return job
 
-    def _embedder(self, key: str) -> Any:
-        embedder = self.embedders[key]
-        return embedder if self.gate is None else _GatedEmbedder(embedder, self.gate)
-
     def _progress(self, job: Job, update: Any) -> None:
         job.done = int(getattr(update, "done", job.done) or 0)
         total = getattr(update, "total", None)
@@ -266,7 +241,7 @@ class JobManager:
             summary = run_index(
                 source,
                 index_name=job.index,
-                embedders={k: self._embedder(k) for k in job.models},
+                embedders={k: self.embedders[k] for k in job.models},
                 store=self.store.get(),
                 settings=self.settings,
                 # Decode in the job thread: forking DataLoader workers out of a server process that

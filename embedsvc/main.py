@@ -147,7 +147,7 @@ def build_state(
     except StoreError as exc:  # start anyway: /ready reports it and calls reconnect when Milvus is back
         log.warning("Milvus not reachable at start-up (%s); will retry on demand", exc)
     engine = SearchEngine(store=holder, embedders=embedders, settings=settings, observer=metrics.observe_stage)
-    jobs = JobManager(store=holder, embedders=embedders, settings=settings, metrics=metrics, gate=engine.gate)
+    jobs = JobManager(store=holder, embedders=embedders, settings=settings, metrics=metrics)
     thumbnails = ThumbnailCache(settings.data_dir / "thumbnails", max_pixels=settings.max_image_pixels)
     return AppState(
         settings=settings,

@@ -32,7 +32,8 @@ class Metrics:
         )
         self.stage_latency = Histogram(
             "embedsvc_search_stage_duration_seconds",
-            "Search latency per model and stage (decode is shared: model '*').",
+            "Search latency per model and stage (decode is shared: model '*'; queue is the wait for the "
+            "forward gate, so forward is compute only).",
             ["model", "stage"],
             buckets=_STAGE_BUCKETS,
             registry=self.registry,

@@ -56,10 +56,12 @@ class Provenance(BaseModel):
 
 
 class StageTimings(BaseModel):
-    """Milliseconds per stage for one model. decode_ms is the shared decode (done once per query)."""
+    """Milliseconds per stage for one model. decode_ms is the shared decode (done once per query);
+    queue_ms is the wait for the forward gate (other searches' or jobs' forwards), forward_ms compute only."""
 
     decode_ms: float = 0.0
     preprocess_ms: float = 0.0
+    queue_ms: float = 0.0
     forward_ms: float = 0.0
     search_ms: float = 0.0
     total_ms: float = 0.0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -38,8 +37,8 @@ from embedsvc.store import IndexNotFoundError, Store
 class SearchEngine:
     """Runs queries against a Store with the loaded embedders. Thread-safe.
 
-    On CPU every forward pass goes through one process-wide gate: a forward already uses every core,
-    so two at once only thrash the caches. On GPUs only the embedders' own per-model locks apply.
+    Forward passes take turns through the embedders' ``ForwardGate`` (shared with index jobs); the
+    wait for a turn is reported as its own stage, ``queue``, so ``forward`` is compute only.
     """
 
     def __init__(
@@ -54,10 +53,13 @@ class SearchEngine:
         self.embedders = dict(embedders)
         self.settings = settings
         self.observer = observer
-        on_cpu = all(e.device.type == "cpu" for e in self.embedders.values())
-        self.gate: threading.Lock | None = threading.Lock() if on_cpu else None
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def _record(self, timings: dict[str, float], model_key: str, stage: str, seconds: float) -> None:
+        timings[f"{stage}_ms"] = timings.get(f"{stage}_ms", 0.0) + seconds * 1000.0
+        if self.observer is not None:
+            self.observer(model_key, stage, seconds)
 
     @contextlib.contextmanager
     def _timed(self, timings: dict[str, float], model_key: str, stage: str) -> Iterator[None]:
@@ -65,16 +67,14 @@ class SearchEngine:
         try:
             yield
         finally:
-            seconds = time.perf_counter() - start
-            timings[f"{stage}_ms"] = timings.get(f"{stage}_ms", 0.0) + seconds * 1000.0
-            if self.observer is not None:
-                self.observer(model_key, stage, seconds)
+            self._record(timings, model_key, stage, time.perf_counter() - start)
 
-    def forward(self, embedder: Embedder, batch: torch.Tensor) -> np.ndarray:
-        if self.gate is None:
-            return embedder.embed(batch)
-        with self.gate:
-            return embedder.embed(batch)
+    def forward(self, embedder: Embedder, batch: torch.Tensor, timings: dict[str, float]) -> np.ndarray:
+        """One forward through the gate; the wait is the ``queue`` stage, the compute ``forward``."""
+        vectors, queued, computed = embedder.embed_timed(batch)
+        self._record(timings, embedder.key, "queue", queued)
+        self._record(timings, embedder.key, "forward", computed)
+        return vectors
 
     def check_k(self, k: int) -> None:
         if not 1 <= k <= self.settings.max_k:
@@ -281,8 +281,7 @@ class SearchEngine:
             timings: dict[str, float] = {"decode_ms": decode_ms}
             with self._timed(timings, key, "preprocess"):
                 batch = embedder.preprocess(decoded.image).unsqueeze(0)
-            with self._timed(timings, key, "forward"):
-                vector = self.forward(embedder, batch)
+            vector = self.forward(embedder, batch, timings)
             with self._timed(timings, key, "search"):
                 hits = self.store.call(
                     lambda s, key=key, vector=vector: s.search(index, key, vector, k, label_id=label_id)
@@ -317,7 +316,7 @@ class SearchEngine:
         query: Query | None = None
         outcomes = []
         for key in chosen:
-            timings: dict[str, float] = {"decode_ms": 0.0, "preprocess_ms": 0.0, "forward_ms": 0.0}
+            timings: dict[str, float] = {"decode_ms": 0.0, "preprocess_ms": 0.0, "queue_ms": 0.0, "forward_ms": 0.0}
             with self._timed(timings, key, "search"):
                 rows = self.store.call(lambda s, key=key: s.get_rows(index, key, [row_id], with_vectors=True))
                 if not rows:

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-STAGES = ("decode", "preprocess", "forward", "search")
+#: Per-model stages of a query; ``queue`` is the wait for the forward gate, ``forward`` the compute.
+STAGES = ("decode", "preprocess", "queue", "forward", "search")
 
 
 @dataclass

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from embedsvc.store import row_id
 from tests.api.conftest import INDEX, MODELS, ApiEnv
-from tests.support import write_images
+from tests.support import png_bytes, write_images
 
 
 def _wait(client: TestClient, index: str, job_id: str, timeout: float = 180.0) -> dict:
@@ -31,7 +34,8 @@ def folder(api_env: ApiEnv) -> Path:
 
 
 def test_job_runs_to_completion_and_rows_appear(client: TestClient, api_env: ApiEnv, folder: Path) -> None:
-    lock = api_env.embedders["efficientnet_lite0"]._lock  # hold the model: the job must wait mid-run
+    embedder = api_env.embedders["efficientnet_lite0"]
+    lock = embedder.gate.lock_for(embedder)  # hold the model's forward turn: the job must wait mid-run
     with lock:
         resp = client.post("/indexes/jobbed/jobs", json={"root": str(folder), "labels_from_dirs": True})
         assert resp.status_code == 202, resp.text
@@ -126,14 +130,48 @@ def _unavailable():
     raise StoreUnavailableError("no Milvus in this test")
 
 
-def test_job_forwards_share_the_search_cpu_gate(client: TestClient, api_env: ApiEnv) -> None:
-    """On CPU a job's batch forwards take turns with searches' forwards (never both at once)."""
+def test_job_forwards_share_the_search_cpu_gate(
+    client: TestClient, api_env: ApiEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CPU a job's batch forwards take turns with searches' forwards: recorded forward intervals of
+    the job thread and of concurrent search threads never overlap (a slow job start proves nothing)."""
+    intervals: list[tuple[float, float, str]] = []
+    record = threading.Lock()
+    for embedder in api_env.embedders.values():
+        original = embedder.model.forward_features
+
+        def recording(x: torch.Tensor, original=original) -> torch.Tensor:
+            start = time.perf_counter()
+            try:
+                return original(x)
+            finally:
+                with record:
+                    intervals.append((start, time.perf_counter(), threading.current_thread().name))
+
+        monkeypatch.setattr(embedder.model, "forward_features", recording)
     root = api_env.allowed / "gated"
-    write_images(root, 2, start_seed=50)
-    gate = client.app.state.svc.engine.gate
-    assert gate is not None
-    with gate:
-        job = client.post("/indexes/gated/jobs", json={"root": str(root), "models": ["deit3_small"]}).json()
-        time.sleep(1.5)
-        assert client.get(f"/indexes/gated/jobs/{job['id']}").json()["progress"]["done"] == 0
-    assert _wait(client, "gated", job["id"])["state"] == "succeeded"
+    write_images(root, 24, start_seed=50)
+    engine = client.app.state.svc.engine
+    query = png_bytes(7)
+    stop = threading.Event()
+
+    def searcher() -> None:
+        while not stop.is_set():
+            engine.search_image(INDEX, query, k=3)
+
+    searchers = [threading.Thread(target=searcher, name=f"searcher-{i}") for i in range(3)]
+    for thread in searchers:
+        thread.start()
+    try:
+        job = client.post("/indexes/gated/jobs", json={"root": str(root)}).json()
+        assert _wait(client, "gated", job["id"])["state"] == "succeeded"
+    finally:
+        stop.set()
+        for thread in searchers:
+            thread.join()
+    by_job = [iv for iv in intervals if iv[2].startswith("index-job")]
+    by_search = [iv for iv in intervals if iv[2].startswith("searcher")]
+    assert len(by_job) >= len(MODELS) and len(by_search) >= len(MODELS)  # both ran, across every model
+    ordered = sorted(intervals)
+    overlaps = [(a, b) for a, b in itertools.pairwise(ordered) if b[0] < a[1]]
+    assert overlaps == [], overlaps[:3]

@@ -55,7 +55,7 @@ def test_metrics_count_requests_and_stage_latency(client: TestClient, api_env: A
     assert 'embedsvc_http_requests_total{method="POST",route="/search",status="200"}' in text
     assert 'embedsvc_http_requests_total{method="GET",route="/indexes/{name}",status="404"}' in text
     for model in MODELS:
-        for stage in ("preprocess", "forward", "search"):
+        for stage in ("preprocess", "queue", "forward", "search"):
             assert f'embedsvc_search_stage_duration_seconds_count{{model="{model}",stage="{stage}"}}' in text
     assert 'embedsvc_search_stage_duration_seconds_count{model="*",stage="decode"}' in text
     assert 'embedsvc_errors_total{code="unknown_index"}' in text
