@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from embedsvc.core.config import DEFAULT_MODELS, Settings  # noqa: E402
 from embedsvc.embedder import Embedder, load_embedder  # noqa: E402
 from embedsvc.images import decode_image  # noqa: E402
-from embedsvc.indexer.datasets import folder_source  # noqa: E402
+from embedsvc.indexer.folder import folder_source  # noqa: E402
 from embedsvc.indexer.runner import run_index  # noqa: E402
 from embedsvc.store import Store  # noqa: E402
 

@@ -28,7 +28,7 @@ DEMO_MODELS = [*DEFAULT_MODELS, "efficientnet_lite0"]
 def index_samples(models: list[str]) -> None:
     """Index the sample photos in this process, then release the embedded database for the API."""
     from embedsvc.embedder import load_embedders
-    from embedsvc.indexer.datasets import folder_source
+    from embedsvc.indexer.folder import folder_source
     from embedsvc.indexer.runner import run_index
     from embedsvc.store import Store
 

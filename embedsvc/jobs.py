@@ -229,7 +229,7 @@ class JobManager:
         job.per_model_rate = {str(k): float(v) for k, v in dict(rates).items()}
 
     def _run(self, job: Job) -> None:
-        from embedsvc.indexer.datasets import folder_source
+        from embedsvc.indexer.folder import folder_source
         from embedsvc.indexer.runner import run_index
 
         job.state = "running"

@@ -175,7 +175,7 @@ def folder_cmd(
     data_dir: DATA_DIR = None,
 ) -> None:
     """Index every image under ROOT into index NAME; rerun to resume, update or (--prune) clean up."""
-    from embedsvc.indexer.datasets import folder_source
+    from embedsvc.indexer.folder import folder_source
 
     settings = apply_overrides(
         models=models,
@@ -227,7 +227,7 @@ def imagenet_val_cmd(
     data_dir: DATA_DIR = None,
 ) -> None:
     """Index the ImageNet-1k validation set with timm's class ids and names as labels."""
-    from embedsvc.indexer.datasets import imagenet_val_source
+    from embedsvc.indexer.imagenet import imagenet_val_source
 
     settings = apply_overrides(
         models=models,

@@ -18,6 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from embedsvc.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from embedsvc.indexer.listing import EntryRefused, read_regular_file
+from embedsvc.paths import stored_rel_path
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class ImageReadDataset(Dataset):
         known: Mapping[str, Mapping[int, str]] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # the entry policy compares real paths
         self.rel_paths = list(rel_paths)
         self.ids = list(ids)
         self.transforms = dict(transforms)
@@ -74,7 +76,9 @@ class ImageReadDataset(Dataset):
     def __getitem__(self, position: int) -> tuple[ReadResult, dict[str, torch.Tensor]]:
         rel = self.rel_paths[position]
         try:
-            data = (self.root / rel).read_bytes()
+            data = read_regular_file(self.root, rel)  # the listing's entry policy, checked again before open
+        except EntryRefused as exc:
+            return ReadResult(position, error=(exc.reason, exc.detail)), {}
         except OSError as exc:
             return ReadResult(position, error=("unreadable", f"cannot read file ({exc.strerror or exc})")), {}
         digest = content_hash(data)
@@ -84,7 +88,7 @@ class ImageReadDataset(Dataset):
         if not needed:
             return result, {}
         try:
-            decoded = decode_image(data, name=rel, max_pixels=self.max_pixels)
+            decoded = decode_image(data, name=stored_rel_path(rel), max_pixels=self.max_pixels)
         except ImageDecodeError as exc:
             result.error = (exc.reason, exc.detail)
             return result, {}

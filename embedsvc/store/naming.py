@@ -59,12 +59,16 @@ IndexName = Annotated[
 
 
 def row_id(index: str, rel_path: str) -> int:
-    """Stable positive int64 for an image: blake2b-64 of ``index`` NUL ``rel_path``, top bit cleared.
+    """Stable positive int64 for an image: blake2b-64 of ``index`` NUL the raw bytes of ``rel_path``, top bit cleared.
 
     Stable across processes and runs (unlike ``hash()``), so re-indexing upserts the same rows.
-    Callers should pass ``rel_path`` in one canonical form (POSIX separators, relative to the root).
+    Callers should pass ``rel_path`` in one canonical form (POSIX separators, relative to the root), as
+    the name is on disk: bytes that are not UTF-8 as lone surrogates (what ``os.walk``/``os.fsdecode``
+    give). Those are hashed as the original bytes (``os.fsencode``), so a name that is valid UTF-8
+    hashes exactly as it always did and existing indexes keep their ids.
     """
-    digest = hashlib.blake2b(f"{index}\0{rel_path}".encode(), digest_size=8).digest()
+    raw = index.encode() + b"\0" + rel_path.encode("utf-8", "surrogateescape")
+    digest = hashlib.blake2b(raw, digest_size=8).digest()
     value = int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
     return value or 1
 

@@ -62,7 +62,7 @@ def _copy_photos(dest: Path) -> tuple[list[str], dict[str, str]]:
 
 @pytest.fixture(scope="package")
 def api_env(tmp_path_factory: pytest.TempPathFactory) -> ApiEnv:
-    from embedsvc.indexer.datasets import folder_source
+    from embedsvc.indexer.folder import folder_source
     from embedsvc.indexer.runner import run_index
 
     base = tmp_path_factory.mktemp("api")

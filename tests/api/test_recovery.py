@@ -103,7 +103,7 @@ def lite0(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
 
 
 def _build_index(uri: str, index: str, dataset: Path, settings_dir: Path, embedders: dict[str, Embedder]) -> None:
-    from embedsvc.indexer.datasets import folder_source
+    from embedsvc.indexer.folder import folder_source
     from embedsvc.indexer.runner import run_index
 
     settings = make_settings(settings_dir, milvus_uri=uri)

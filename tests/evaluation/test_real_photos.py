@@ -26,7 +26,7 @@ DOC = REPO / "docs" / "evaluation.md"
 def sample_index(tmp_path_factory):
     """Embed and index the sample photos once per module (~10-60 s on a 2-core CPU)."""
     from embedsvc.embedder import load_embedder
-    from embedsvc.indexer.datasets import folder_source
+    from embedsvc.indexer.folder import folder_source
     from embedsvc.indexer.runner import run_index
     from embedsvc.store import Store
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from embedsvc.core.config import get_settings
-from embedsvc.indexer.datasets import folder_source
+from embedsvc.indexer.folder import folder_source
 from embedsvc.indexer.runner import run_index
 from embedsvc.store import Store
 from tests.support import REPO, write_images

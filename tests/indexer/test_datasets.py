@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from embedsvc.indexer.datasets import (
-    DatasetError,
-    folder_source,
-    imagenet_val_source,
-    parse_meta_mat,
-    parse_shard,
-    shard_of,
-)
+from embedsvc.indexer.datasets import DatasetError, parse_shard, shard_of
+from embedsvc.indexer.folder import folder_source
+from embedsvc.indexer.imagenet import imagenet_val_source, parse_meta_mat
 from tests.indexer.imagenet_fixtures import (
     DEVKIT_IDS,
     VAL_WNIDS,

@@ -14,7 +14,8 @@ from PIL import Image
 
 from embedsvc.embedder import load_embedder
 from embedsvc.images import decode_image
-from embedsvc.indexer.datasets import folder_source, imagenet_val_source
+from embedsvc.indexer.folder import folder_source
+from embedsvc.indexer.imagenet import imagenet_val_source
 from embedsvc.indexer.reader import content_hash
 from embedsvc.indexer.runner import IndexerError, ProgressUpdate, StrictModeError, run_index
 from embedsvc.store import ManifestMismatchError, Store, row_id

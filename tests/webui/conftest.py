@@ -94,7 +94,7 @@ def serve(app: Any) -> Iterator[str]:
 @pytest.fixture(scope="package")
 def running_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApi]:
     from embedsvc.embedder import load_embedders
-    from embedsvc.indexer.datasets import folder_source
+    from embedsvc.indexer.folder import folder_source
     from embedsvc.indexer.runner import run_index
     from embedsvc.main import create_app
     from embedsvc.store import Store

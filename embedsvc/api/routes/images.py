@@ -19,6 +19,7 @@ from embedsvc.api.deps import EngineDep, IndexPath, RowIdPath, SettingsDep, Stor
 from embedsvc.api.errors import ApiError
 from embedsvc.api.schemas import error_responses
 from embedsvc.images import ImageDecodeError
+from embedsvc.paths import resolve_rel_path
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def resolve_image(engine: Any, store: Any, index: str, row_id: int) -> tuple[FsP
     if not root_text:
         raise ApiError(404, "image_unavailable", f"index {index!r} does not record where its images are")
     root = FsPath(root_text).resolve()
-    path = (root / str(row.get("rel_path", ""))).resolve()
+    path = resolve_rel_path(root, str(row.get("rel_path", ""))).resolve()  # names that are not UTF-8 too
     if not path.is_relative_to(root) or path == root:
         log.warning("refusing id %d of %r: %r resolves outside %s", row_id, index, row.get("rel_path"), root)
         raise ApiError(404, "image_unavailable", f"image {row_id} of index {index!r} is not available")
