@@ -46,7 +46,11 @@ class ApiUnavailableError(RuntimeError):
 
 
 class EmbedsvcClient:
-    """``EmbedsvcClient("http://127.0.0.1:8000")``; or pass ``http=`` (e.g. FastAPI's TestClient)."""
+    """``EmbedsvcClient("http://127.0.0.1:8000")``; or pass ``http=`` (e.g. FastAPI's TestClient).
+
+    ``token`` is the API token (``EMBEDSVC_API_TOKEN``, read from the settings when not given), sent as
+    a bearer token on every request so that jobs work on a server that requires it.
+    """
 
     def __init__(
         self,
@@ -54,11 +58,17 @@ class EmbedsvcClient:
         *,
         timeout: float = 60.0,
         http: httpx.Client | None = None,
+        token: str | None = None,
     ) -> None:
-        if base_url is None and http is None:
+        if (base_url is None and http is None) or token is None:
             from embedsvc.core.config import get_settings
 
-            base_url = get_settings().api_url
+            settings = get_settings()
+            if base_url is None and http is None:
+                base_url = settings.api_url
+            if token is None:
+                token = settings.api_token.get_secret_value()
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = (base_url or str(http.base_url if http else "")).rstrip("/")
         self._owns_http = http is None
         self.http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
@@ -76,8 +86,9 @@ class EmbedsvcClient:
     # -- plumbing ----------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {**self._headers, **kwargs.pop("headers", {})}
         try:
-            resp = self.http.request(method, path, **kwargs)
+            resp = self.http.request(method, path, headers=headers, **kwargs)
         except httpx.TransportError as exc:
             raise ApiUnavailableError(f"embedsvc API at {self.base_url} is not reachable: {exc}") from exc
         if resp.status_code >= 400:
@@ -196,7 +207,7 @@ class EmbedsvcClient:
     def ready(self) -> Readiness:
         """Readiness without raising: a 503 comes back as ``ready=False`` with the reason."""
         try:
-            resp = self.http.get("/ready")
+            resp = self.http.get("/ready", headers=self._headers)
         except httpx.TransportError as exc:
             raise ApiUnavailableError(f"embedsvc API at {self.base_url} is not reachable: {exc}") from exc
         if resp.status_code in (200, 503):

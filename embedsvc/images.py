@@ -10,21 +10,41 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from embedsvc.core.errors import EmbedsvcError
+
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
-class ImageDecodeError(ValueError):
-    """A file that cannot become an RGB image; ``reason`` is a short machine-readable tag."""
+class ImageDecodeError(EmbedsvcError, ValueError):
+    """A file that cannot become an RGB image; ``reason`` is a short machine-readable tag.
+
+    The reason picks the error's ``code`` and ``http_status`` (``BY_REASON``), so every caller that
+    reports a bad image (the API, the indexer's failures report) agrees on them.
+    """
+
+    code = "bad_image"
+    # reason -> (HTTP status, error code)
+    BY_REASON: ClassVar[dict[str, tuple[int, str]]] = {
+        "empty": (400, "empty_image"),
+        "not_an_image": (415, "not_an_image"),
+        "too_many_pixels": (413, "too_many_pixels"),
+        "too_large": (413, "too_large"),
+        "truncated": (400, "truncated_image"),
+        "corrupt": (400, "corrupt_image"),
+        "unreadable": (400, "unreadable_image"),
+    }
 
     def __init__(self, name: str, reason: str, detail: str) -> None:
         super().__init__(f"{name}: {detail}")
         self.name = name
         self.reason = reason
         self.detail = detail
+        self.http_status, self.code = self.BY_REASON.get(reason, (400, "bad_image"))  # type: ignore[misc]
 
 
 @dataclass(frozen=True)

@@ -9,51 +9,60 @@ started again.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
+from pydantic_core import to_jsonable_python
+
 from embedsvc.core.config import Settings
-from embedsvc.core.errors import CodedError
+from embedsvc.core.errors import EmbedsvcError
 from embedsvc.embedder import Embedder
 from embedsvc.manifest import incompatibilities
 from embedsvc.search import ModelNotLoadedError, StoreHolder, UnknownModelError
+from embedsvc.store import StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
 
-class JobError(CodedError):
+class JobError(EmbedsvcError, ValueError):
     """A bulk-index job the service refuses."""
 
     code = "bad_job"
+    http_status = 400
 
 
 class RootNotAllowedError(JobError):
     code = "root_not_allowed"
+    http_status = 403
 
 
 class JobConflictError(JobError):
     code = "job_running"
+    http_status = 409
 
 
 class JobNotFoundError(JobError):
     code = "unknown_job"
+    http_status = 404
 
 
 class BadRootError(JobError):
     code = "bad_root"
+    http_status = 400
 
 
 class IndexRootMismatchError(JobError):
     """The index exists and was built from another folder (its rows' paths mean other files)."""
 
     code = "index_root_mismatch"
+    http_status = 409
 
 
 def _now() -> datetime:
@@ -61,22 +70,8 @@ def _now() -> datetime:
 
 
 def jsonable(value: Any) -> Any:
-    """Summaries are dataclasses with Paths inside; turn them into plain JSON values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Path | Enum):
-        return str(value.value if isinstance(value, Enum) else value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return str(value)
+    """Summaries are dataclasses with Paths, numpy scalars and datetimes inside: plain JSON values."""
+    return to_jsonable_python(value, fallback=lambda v: v.item() if hasattr(v, "item") else str(v))
 
 
 @dataclasses.dataclass
@@ -105,27 +100,38 @@ class Job:
         return self.state in ("succeeded", "failed", "cancelled")
 
 
+def _shown(root: str, limit: int = 200) -> str:
+    """The client's root as it sent it (quoted), cut to a readable length."""
+    return repr(root if len(root) <= limit else root[:limit] + "...")
+
+
 def check_root(root: str, allowed_roots: Sequence[Path]) -> Path:
-    """The resolved folder, only if it lies under one of the allowed roots (symlinks resolved first)."""
+    """The resolved folder, only if it lies under one of the allowed roots (symlinks resolved first).
+
+    The root comes from a client: every way it can fail (NUL bytes, over-long names, loops,
+    permissions) is a 4xx here, and the messages only echo what the client sent.
+    """
     if not allowed_roots:
         raise RootNotAllowedError("bulk indexing through the API is disabled: no allowed roots are configured")
     if "\x00" in root:
         raise BadRootError("root contains a NUL character")
     path = Path(root)
     if not path.is_absolute():
-        raise BadRootError(f"root must be an absolute server-side path, got {root!r}")
+        raise BadRootError(f"root must be an absolute server-side path, got {_shown(root)}")
     try:
         resolved = path.resolve()
-    except (OSError, RuntimeError) as exc:
-        raise BadRootError(f"cannot resolve root {root!r}: {exc}") from exc
-    for allowed in allowed_roots:
-        base = Path(allowed).resolve()
-        if resolved == base or resolved.is_relative_to(base):
-            break
-    else:
-        raise RootNotAllowedError(f"root {root!r} is not under an allowed root")
-    if not resolved.is_dir():
-        raise BadRootError(f"root {root!r} is not a folder")
+        inside = any(resolved.is_relative_to(Path(allowed).resolve()) for allowed in allowed_roots)
+        is_dir = inside and resolved.is_dir()
+    except (OSError, RuntimeError, ValueError) as exc:  # ENAMETOOLONG, ELOOP, EACCES, surrogates, ...
+        reason = errno.errorcode.get(getattr(exc, "errno", None) or 0, type(exc).__name__)
+        raise BadRootError(
+            f"cannot use root {_shown(root)}: {getattr(exc, 'strerror', None) or 'invalid path'}",
+            log_detail=f"{reason}: {exc}",
+        ) from None
+    if not inside:
+        raise RootNotAllowedError(f"root {_shown(root)} is not under an allowed root")
+    if not is_dir:
+        raise BadRootError(f"root {_shown(root)} is not a folder")
     return resolved
 
 
@@ -145,8 +151,10 @@ class JobManager:
         self.settings = settings
         self.metrics = metrics
         self.max_history = max_history
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
-        self._running: dict[str, str] = {}
+        # The last max_history jobs read or started; running ones are also kept apart so that the
+        # history's eviction can never lose a job whose progress is still changing.
+        self._history: LRUCache[str, Job] = LRUCache(maxsize=max_history)
+        self._running: dict[str, Job] = {}  # index -> its running job
         self._lock = threading.Lock()
 
     def _choose_models(self, index: str, requested: Sequence[str] | None) -> list[str]:
@@ -199,7 +207,7 @@ class JobManager:
         with self._lock:
             running = self._running.get(index)
             if running is not None:
-                raise JobConflictError(f"job {running} is already running for index {index!r}")
+                raise JobConflictError(f"job {running.id} is already running for index {index!r}")
             job = Job(
                 id=uuid.uuid4().hex,
                 index=index,
@@ -208,13 +216,8 @@ class JobManager:
                 labels_from_dirs=labels_from_dirs,
                 prune=prune,
             )
-            self._running[index] = job.id
-            self._jobs[job.id] = job
-            while len(self._jobs) > self.max_history:
-                oldest = next(iter(self._jobs.values()))
-                if not oldest.finished:
-                    break
-                self._jobs.popitem(last=False)
+            self._running[index] = job
+            self._history[job.id] = job
         job.thread = threading.Thread(target=self._run, args=(job,), name=f"index-job-{job.id[:8]}", daemon=True)
         job.thread.start()
         log.info("job %s: indexing %s into %r with %s", job.id, folder, index, ", ".join(chosen))
@@ -254,32 +257,44 @@ class JobManager:
             job.summary = jsonable(summary)
             job.state = "cancelled" if job.stop_event.is_set() else "succeeded"
         except Exception as exc:
+            # The client reads a message without server paths; the details go to the log under the job id.
             log.exception("job %s failed", job.id)
-            job.error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, EmbedsvcError):
+                job.error = f"{exc.code}: {exc.client_message()}"
+            else:
+                job.error = f"internal error (logged on the server under job {job.id})"
             job.state = "failed"
-            if type(exc).__name__ == "StoreUnavailableError":
+            if isinstance(exc, StoreUnavailableError):
                 self.store.invalidate()
         finally:
             job.finished_at = _now()
             with self._lock:
-                if self._running.get(job.index) == job.id:
+                if self._running.get(job.index) is job:
                     del self._running[job.index]
             if self.metrics is not None:
                 self.metrics.jobs_running.dec()
             log.info("job %s: %s", job.id, job.state)
 
+    def _all(self) -> list[Job]:
+        with self._lock:
+            jobs = {j.id: j for j in (*self._history.values(), *self._running.values())}
+        return sorted(jobs.values(), key=lambda j: j.created_at)
+
     def get(self, index: str, job_id: str) -> Job:
-        job = self._jobs.get(job_id)
-        if job is None or job.index != index:
+        with self._lock:
+            job = self._history.get(job_id)
+            if job is None:
+                job = self._running.get(index)
+        if job is None or job.id != job_id or job.index != index:
             raise JobNotFoundError(f"no job {job_id!r} for index {index!r}")
         return job
 
     def list(self, index: str | None = None) -> list[Job]:
-        return [j for j in self._jobs.values() if index is None or j.index == index]
+        return [j for j in self._all() if index is None or j.index == index]
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Ask running jobs to stop at the next batch and wait for them (the indexer resumes later)."""
-        jobs = [j for j in self._jobs.values() if not j.finished]
+        jobs = [j for j in self._all() if not j.finished]
         for job in jobs:
             job.stop_event.set()
         for job in jobs:

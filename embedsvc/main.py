@@ -7,7 +7,6 @@ every model, and a Milvus Lite file can be opened by one process only).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,12 +16,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedsvc import __version__
 from embedsvc.api.deps import AppState
-from embedsvc.api.errors import ApiError, error_response, install_error_handlers
+from embedsvc.api.errors import install_error_handlers
 from embedsvc.api.main import api_router
+from embedsvc.api.middleware import BodySizeLimit, RequestIdMiddleware, RequestMetrics
 from embedsvc.api.schemas import ErrorResponse
 from embedsvc.core.config import Settings, get_settings
 from embedsvc.embedder import Embedder
@@ -38,69 +37,12 @@ _FORM_OVERHEAD = 256 * 1024  # multipart headers and boundaries, JSON punctuatio
 
 
 def body_limit(settings: Settings) -> int:
-    """Largest request body accepted: a maximal image as base64 JSON, plus framing."""
+    """Largest request body accepted, on every route: a maximal image as base64 JSON, plus framing.
+
+    The one transport-level bound (BodySizeLimit); the image's own byte limit is checked once, by the
+    search engine, on the decoded bytes.
+    """
     return settings.max_upload_bytes * 4 // 3 + _FORM_OVERHEAD
-
-
-class BodySizeLimit:
-    """Refuse oversized bodies before they are spooled: by Content-Length at once, else while streaming."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            response = error_response(
-                413, "too_large", f"request body of {int(declared):,} bytes exceeds the limit of {self.limit:,}"
-            )
-            await response(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise ApiError(413, "too_large", f"request body exceeds the limit of {self.limit:,} bytes")
-            return message
-
-        await self.app(scope, limited, send)
-
-
-class RequestMetrics:
-    """Count and time every request by its route template (never the raw path: bounded label values)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or "<unmatched>"
-            method = scope.get("method", "?")
-            self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
-            self.metrics.request_latency.labels(method=method, route=route).observe(time.perf_counter() - start)
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -202,14 +144,17 @@ def create_app(
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(api_router)
-    # Outermost last: metrics see every response, including 413s from the size limit and CORS refusals.
+    # Outermost last: metrics see every response, including 413s from the size limit and CORS refusals;
+    # every response (413s included) carries the request id.
     app.add_middleware(BodySizeLimit, limit=body_limit(settings))
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST"],
         allow_headers=["*"],
+        expose_headers=["X-Request-ID"],
     )
+    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(RequestMetrics, metrics=metrics)
 
     def openapi() -> dict[str, Any]:
@@ -217,8 +162,8 @@ def create_app(
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             for param in schema["paths"].get("/search", {}).get("post", {}).get("parameters", []):
-                if param.get("name") == "k":
-                    param["schema"]["maximum"] = settings.max_k
+                if param.get("name") == "k":  # checked by SearchEngine.check_k; documented here
+                    param["schema"].update(minimum=1, maximum=settings.max_k)
             _use_error_schema_for_422(schema)
             for path, ops in schema["paths"].items():
                 if path.endswith("/thumbnail"):

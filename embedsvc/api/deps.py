@@ -6,11 +6,16 @@ the app's. Tests swap any of them through ``app.dependency_overrides``.
 
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass
+from pathlib import Path as FsPath
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from embedsvc.api.errors import UnauthorizedError
 from embedsvc.core.config import Settings
 from embedsvc.embedder import Embedder
 from embedsvc.jobs import JobManager
@@ -64,6 +69,51 @@ def get_thumbnails(request: Request) -> ThumbnailCache:
 
 def get_metrics(request: Request) -> Metrics:
     return get_state(request).metrics
+
+
+# -- the API token ----------------------------------------------------------------------------------
+_bearer = HTTPBearer(auto_error=False, description="EMBEDSVC_API_TOKEN, when the server sets one.")
+
+
+def _check_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> None:
+    """401 unless the request carries the configured token (no token configured: open)."""
+    settings: Settings = request.app.state.settings
+    expected = settings.api_token.get_secret_value()
+    if not expected:
+        return
+    sent = credentials.credentials if credentials is not None else ""
+    # Constant time on bytes: compare_digest refuses non-ASCII str, and a header can carry any latin-1.
+    if not sent or not secrets.compare_digest(sent.encode("utf-8", "surrogateescape"), expected.encode()):
+        raise UnauthorizedError("this route needs 'Authorization: Bearer <token>' with the server's API token")
+
+
+def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Routes that change state (jobs): the token, whenever one is configured."""
+    _check_token(request, credentials)
+
+
+def require_token_to_read(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Routes that read data: the token only when the operator asked (EMBEDSVC_API_TOKEN_FOR_SEARCH)."""
+    if request.app.state.settings.api_token_for_search:
+        _check_token(request, credentials)
+
+
+# -- paths shown to clients -------------------------------------------------------------------------
+def public_path(path: str | FsPath | None, settings: Settings) -> str | None:
+    """A server path as clients see it: relative to the allowed root or the data directory it lies
+    under, else only its last component (absolute server paths are the operator's business)."""
+    if path is None or str(path) == "":
+        return None
+    target = FsPath(os.path.abspath(path))
+    for base in (*settings.allowed_roots, settings.data_dir):
+        for candidate in (FsPath(os.path.abspath(base)), FsPath(base).resolve()):
+            if target.is_relative_to(candidate):
+                return target.relative_to(candidate).as_posix()
+    return target.name
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

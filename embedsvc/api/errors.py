@@ -1,14 +1,16 @@
-"""Every error leaves the API as ``{"detail": message, "error": code}`` with a fitting status.
+"""Every error leaves the API as ``{"detail": message, "error": code, "request_id": id}``.
 
-Domain exceptions (bad images, unknown indexes, Milvus down, ...) are mapped here in one table, so
-route code raises what it means and never builds error responses by hand. Anything unmapped is a bug:
-it is logged with its traceback and the client gets a generic 500 without one.
+Product errors derive from :class:`embedsvc.core.errors.EmbedsvcError` and carry their own ``code``
+and ``http_status``; one handler reads them, so route code raises what it means and no table here maps
+classes to statuses. Clients see the message (``client_message()``: never a server path, pid or
+command line), the code and the request id; the log gets the details (``log_detail``, the cause) under
+that id. Anything else is a bug: logged with its traceback, a generic 500 without one for the client.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,88 +18,77 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedsvc.api.schemas import ErrorResponse
-from embedsvc.images import ImageDecodeError
-from embedsvc.jobs import (
-    BadRootError,
-    IndexRootMismatchError,
-    JobConflictError,
-    JobError,
-    JobNotFoundError,
-    RootNotAllowedError,
-)
-from embedsvc.search import (
-    BadQueryError,
-    IncompatibleModelError,
-    ModelNotLoadedError,
-    NoSearchableModelError,
-    QueryNotFoundError,
-    SearchError,
-    UnknownLabelError,
-    UnknownModelError,
-)
-from embedsvc.store import (
-    DatabaseInUseError,
-    IndexNotFoundError,
-    ManifestMismatchError,
-    StoreError,
-    StoreUnavailableError,
-)
+from embedsvc.core.errors import EmbedsvcError
 
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    """Raised by route code for a client error that has no domain exception of its own."""
+# -- errors raised by the HTTP layer itself (the domain's own live beside the domain) ---------------
+class RequestError(EmbedsvcError):
+    """A request the HTTP layer refuses before any domain code runs."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
+    code = "bad_request"
+    http_status = 400
+    headers: ClassVar[dict[str, str]] = {}
 
 
-# reason of ImageDecodeError -> (status, code)
-IMAGE_ERRORS: dict[str, tuple[int, str]] = {
-    "empty": (400, "empty_image"),
-    "not_an_image": (415, "not_an_image"),
-    "too_many_pixels": (413, "too_many_pixels"),
-    "too_large": (413, "too_large"),
-    "truncated": (400, "truncated_image"),
-    "corrupt": (400, "corrupt_image"),
-    "unreadable": (400, "unreadable_image"),
-}
+class BodyTooLargeError(RequestError):
+    code = "too_large"
+    http_status = 413
 
-# exception class -> status; the most specific class in the MRO wins
-STATUS_BY_CLASS: dict[type[BaseException], int] = {
-    UnknownModelError: 404,
-    ModelNotLoadedError: 404,
-    QueryNotFoundError: 404,
-    UnknownLabelError: 404,
-    IncompatibleModelError: 409,
-    NoSearchableModelError: 409,
-    BadQueryError: 422,
-    SearchError: 400,
-    RootNotAllowedError: 403,
-    JobConflictError: 409,
-    IndexRootMismatchError: 409,
-    JobNotFoundError: 404,
-    BadRootError: 400,
-    JobError: 400,
-    IndexNotFoundError: 404,
-    ManifestMismatchError: 409,
-    StoreUnavailableError: 503,
-    DatabaseInUseError: 503,
-}
 
-CODE_BY_CLASS: dict[type[BaseException], str] = {
-    IndexNotFoundError: "unknown_index",
-    ManifestMismatchError: "manifest_mismatch",
-    StoreUnavailableError: "milvus_unavailable",
-    DatabaseInUseError: "database_in_use",
-}
+class BadBase64Error(RequestError):
+    code = "bad_base64"
 
+
+class BadMultipartError(RequestError):
+    code = "bad_multipart"
+
+
+class MissingFieldError(RequestError):
+    """A multipart field that is missing or of the wrong kind (reads like FastAPI's own validation errors)."""
+
+    code = "validation_error"
+    http_status = 422
+
+
+class UnsupportedMediaTypeError(RequestError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class UnknownIdError(RequestError):
+    code = "unknown_id"
+    http_status = 404
+
+
+class ImageUnavailableError(RequestError):
+    code = "image_unavailable"
+    http_status = 404
+
+
+class BadThumbnailSizeError(RequestError):
+    code = "bad_thumbnail_size"
+    http_status = 422
+
+
+class CannotEvaluateError(RequestError):
+    code = "cannot_evaluate"
+    http_status = 409
+
+
+class UnauthorizedError(RequestError):
+    """Missing or wrong bearer token (RFC 6750: the challenge header says which scheme)."""
+
+    code = "unauthorized"
+    http_status = 401
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+# Codes of the framework's own HTTP errors (unknown routes, wrong methods).
 HTTP_CODES = {
     400: "bad_request",
+    401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
@@ -110,27 +101,27 @@ HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, detail: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
-    body = ErrorResponse(detail=detail, error=code, errors=errors).model_dump(exclude_none=True)
-    headers = {"Retry-After": "5"} if status == 503 else None
-    return JSONResponse(status_code=status, content=body, headers=headers)
+def request_id(scope_or_request: Any) -> str | None:
+    """The id ``RequestIdMiddleware`` gave this request (None outside one)."""
+    scope = getattr(scope_or_request, "scope", scope_or_request)
+    state = scope.get("state") or {}
+    return state.get("request_id")
 
 
-def classify(exc: BaseException) -> tuple[int, str, str] | None:
-    """(status, code, message) for a known exception, None for a bug."""
-    if isinstance(exc, ApiError):
-        return exc.status, exc.code, exc.detail
-    if isinstance(exc, ImageDecodeError):
-        status, code = IMAGE_ERRORS.get(exc.reason, (400, "bad_image"))
-        return status, code, f"{exc.name}: {exc.detail}"
-    for cls in type(exc).__mro__:
-        if cls in STATUS_BY_CLASS:
-            code = CODE_BY_CLASS.get(cls) or getattr(exc, "code", None) or HTTP_CODES.get(STATUS_BY_CLASS[cls], "error")
-            message = getattr(exc, "message", None) or str(exc) or cls.__name__
-            return STATUS_BY_CLASS[cls], code, message
-    if isinstance(exc, StoreError):  # another store failure: the database, not the client
-        return 503, "store_error", f"vector store error: {exc}"
-    return None
+def error_response(
+    status: int,
+    code: str,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    *,
+    request_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorResponse(detail=detail, error=code, errors=errors, request_id=request_id).model_dump(exclude_none=True)
+    out = dict(headers or {})
+    if status == 503:
+        out.setdefault("Retry-After", "5")
+    return JSONResponse(status_code=status, content=body, headers=out or None)
 
 
 def _summarise_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
@@ -142,6 +133,11 @@ def _summarise_validation(exc: RequestValidationError) -> tuple[str, list[dict[s
     return detail, errors
 
 
+def _cause_text(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return f"{type(cause).__name__}: {cause}" if cause is not None else ""
+
+
 def install_error_handlers(app: FastAPI) -> None:
     def count(request: Request, code: str) -> None:
         metrics = getattr(request.app.state, "metrics", None)
@@ -149,35 +145,50 @@ def install_error_handlers(app: FastAPI) -> None:
             metrics.errors.labels(code=code).inc()
 
     async def known(request: Request, exc: Exception) -> JSONResponse:
-        mapped = classify(exc)
-        if mapped is None:
+        if not isinstance(exc, EmbedsvcError):
             return await unhandled(request, exc)
-        status, code, message = mapped
+        rid = request_id(request)
+        status, code = exc.http_status, exc.code
+        details = [d for d in (str(exc) if exc.client_message() != str(exc) else "", exc.log_detail) if d]
         if status >= 500:
-            log.warning("%s %s -> %d %s: %s", request.method, request.url.path, status, code, message)
+            details.append(_cause_text(exc))
+        log.log(
+            logging.WARNING if status >= 500 else logging.INFO,
+            "request %s: %s %s -> %d %s: %s%s",
+            rid,
+            request.method,
+            request.url.path,
+            status,
+            code,
+            exc.client_message(),
+            "".join(f" | {d}" for d in details if d),
+        )
         count(request, code)
-        return error_response(status, code, message)
+        return error_response(
+            status, code, exc.client_message(), request_id=rid, headers=getattr(exc, "headers", None)
+        )
 
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail, errors = _summarise_validation(exc)
         count(request, "validation_error")
-        return error_response(422, "validation_error", detail, errors)
+        return error_response(422, "validation_error", detail, errors, request_id=request_id(request))
 
     async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "error")
         count(request, code)
-        response = error_response(exc.status_code, code, str(exc.detail))
-        for name, value in (exc.headers or {}).items():
-            response.headers[name] = value
-        return response
+        return error_response(
+            exc.status_code, code, str(exc.detail), request_id=request_id(request), headers=dict(exc.headers or {})
+        )
 
     async def unhandled(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        rid = request_id(request)
+        log.error("request %s: unhandled error on %s %s", rid, request.method, request.url.path, exc_info=exc)
         count(request, "internal_error")
-        return error_response(500, "internal_error", "internal server error (logged on the server)")
+        return error_response(
+            500, "internal_error", "internal server error (logged on the server under this request id)", request_id=rid
+        )
 
-    for cls in (ApiError, ImageDecodeError, SearchError, JobError, StoreError):
-        app.add_exception_handler(cls, known)
+    app.add_exception_handler(EmbedsvcError, known)
     app.add_exception_handler(RequestValidationError, validation)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unhandled)

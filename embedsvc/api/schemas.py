@@ -17,11 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ErrorResponse(BaseModel):
-    """Every 4xx/5xx body: a human message and a stable machine code."""
+    """Every 4xx/5xx body: a human message, a stable machine code and the request's id."""
 
     detail: str = Field(description="What was wrong, for a human.")
     error: str = Field(description="Stable machine-readable code, e.g. not_an_image, unknown_index.")
     errors: list[dict[str, Any]] | None = Field(default=None, description="Per-field problems (validation only).")
+    request_id: str | None = Field(
+        default=None, description="This request's id (X-Request-ID): the server log has the details under it."
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODELS = ("gresnet50", "convnext_tiny", "deit3_small")
@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     api_url: str = Field(default="http://127.0.0.1:8000", description="Where the web UI finds the API.")
     cors_origins: list[str] = Field(default_factory=lambda: ["http://localhost:8501", "http://127.0.0.1:8501"])
     allowed_roots: list[Path] = Field(default_factory=list, description="Folders the API may bulk-index.")
+    api_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="When set, routes that change state (bulk-index jobs) need 'Authorization: Bearer <token>'; "
+        "the web UI and the HTTP client send it.",
+    )
+    api_token_for_search: bool = Field(
+        default=False, description="Also require the token to read: search, indexes, images, evaluation, models."
+    )
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 64_000_000
     max_k: int = 100

@@ -4,6 +4,8 @@ Every error embedsvc raises on purpose derives from ``EmbedsvcError`` and says i
 ``http_status`` as class attributes; the API's one handler and the CLI's one ``error:`` line read them
 from here, so no table elsewhere maps classes to statuses. ``message`` is what users see (no server
 paths, pids or command lines when it can reach an HTTP client); ``log_detail`` is for the server log only.
+Server-side failures whose message is written for the operator (the store's, naming its file and the
+process holding it) set a class-level ``public_message``: HTTP clients get that, the log gets the rest.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ class EmbedsvcError(Exception):
 
     code: ClassVar[str] = "error"
     http_status: ClassVar[int] = 400
+    public_message: ClassVar[str | None] = None
 
     def __init__(self, message: str, *, log_detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.log_detail = log_detail
+
+    def client_message(self) -> str:
+        """What an HTTP client may read: ``public_message`` where the class has one, else the message."""
+        return self.public_message or self.message
 
 
 class CodedError(EmbedsvcError, ValueError):

@@ -1,4 +1,4 @@
-"""Errors of the search core: queries it cannot answer (the HTTP status mapping lives in embedsvc.api.errors)."""
+"""Errors of the search core: queries it cannot answer, each with its code and HTTP status (read by the API)."""
 
 from __future__ import annotations
 
@@ -13,28 +13,34 @@ class SearchError(CodedError):
 
 class UnknownModelError(SearchError):
     code = "unknown_model"
+    http_status = 404
 
 
 class ModelNotLoadedError(SearchError):
     code = "model_not_loaded"
+    http_status = 404
 
 
 class QueryNotFoundError(SearchError):
     code = "unknown_id"
+    http_status = 404
 
 
 class IncompatibleModelError(SearchError):
     """The loaded model would produce vectors not comparable with the index's (409)."""
 
     code = "manifest_mismatch"
+    http_status = 409
 
 
 class NoSearchableModelError(SearchError):
     code = "no_searchable_model"
+    http_status = 409
 
 
 class BadQueryError(SearchError):
     code = "bad_query"
+    http_status = 422
 
 
 class KOutOfRangeError(BadQueryError):
@@ -45,3 +51,4 @@ class KOutOfRangeError(BadQueryError):
 
 class UnknownLabelError(SearchError):
     code = "unknown_label"
+    http_status = 404

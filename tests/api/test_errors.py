@@ -96,8 +96,8 @@ CASES: list[tuple[str, Callable[[TestClient, ApiEnv], Any], int, str, str]] = [
     ),
     ("unknown_label", lambda c, e: upload(_jpeg(e), label="zebra")(c), 404, "unknown_label", "zebra"),
     ("superscript_digit_label", lambda c, e: upload(_jpeg(e), label="²")(c), 404, "unknown_label", "²"),
-    ("k_zero", lambda c, e: upload(_jpeg(e), k=0)(c), 422, "validation_error", "k"),
-    ("k_negative", lambda c, e: upload(_jpeg(e), k=-3)(c), 422, "validation_error", "k"),
+    ("k_zero", lambda c, e: upload(_jpeg(e), k=0)(c), 422, "k_out_of_range", "between 1 and 20"),
+    ("k_negative", lambda c, e: upload(_jpeg(e), k=-3)(c), 422, "k_out_of_range", "between 1 and 20"),
     ("k_above_max", lambda c, e: upload(_jpeg(e), k=21)(c), 422, "k_out_of_range", "between 1 and 20"),
     ("k_not_int", lambda c, e: upload(_jpeg(e), k="ten")(c), 422, "validation_error", "k"),
     ("unknown_id", lambda c, e: post_json({"id": 12345})(c), 404, "unknown_id", "12345"),
@@ -180,7 +180,7 @@ def test_bad_input(
     body = resp.json()
     assert body["error"] == code, body
     assert words in body["detail"], body
-    assert set(body) <= {"detail", "error", "errors"}
+    assert set(body) <= {"detail", "error", "errors", "request_id"}
     assert "Traceback" not in resp.text and 'File "' not in resp.text
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from embedsvc.api.deps import IndexPath, SettingsDep, StoreDep
-from embedsvc.api.errors import ApiError
+from embedsvc.api.errors import CannotEvaluateError
 from embedsvc.api.schemas import error_responses
 from embedsvc.evaluation.runner import evaluate_index, index_version
 from embedsvc.evaluation.schemas import EvalResponse
@@ -112,7 +112,7 @@ def evaluate(
                 lambda s: evaluate_index(s, name, sample=sample, seed=seed, device=settings.resolved_device())
             )
         except ValueError as exc:  # e.g. fewer than 2 rows, models disagreeing on labels
-            raise ApiError(409, "cannot_evaluate", str(exc)) from None
+            raise CannotEvaluateError(str(exc)) from None
         return ev.summary | {
             "computed_at": datetime.now(UTC),
             "compute_seconds": round(time.perf_counter() - start, 3),

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from embedsvc.api.deps import EngineDep, IndexPath, RowIdPath, SettingsDep, StoreDep, ThumbnailsDep
-from embedsvc.api.errors import ApiError
+from embedsvc.api.errors import BadThumbnailSizeError, ImageUnavailableError, UnknownIdError
 from embedsvc.api.schemas import error_responses
 from embedsvc.images import ImageDecodeError
 from embedsvc.paths import resolve_rel_path
@@ -36,23 +36,23 @@ _IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 
 def resolve_image(engine: Any, store: Any, index: str, row_id: int) -> tuple[FsPath, dict[str, Any]]:
-    """(file path inside the dataset root, row) for an id; ApiError 404 for anything else."""
+    """(file path inside the dataset root, row) for an id; a 404 (unknown_id, image_unavailable) otherwise."""
     manifests = engine.index_manifests(index)  # IndexNotFoundError -> 404
     model_key, manifest = next(iter(manifests.items()))
     rows = store.call(lambda s: s.get_rows(index, model_key, [row_id]))
     if not rows:
-        raise ApiError(404, "unknown_id", f"no image with id {row_id} in index {index!r}")
+        raise UnknownIdError(f"no image with id {row_id} in index {index!r}")
     row = rows[0]
     root_text = manifest.get("dataset_root")
     if not root_text:
-        raise ApiError(404, "image_unavailable", f"index {index!r} does not record where its images are")
+        raise ImageUnavailableError(f"index {index!r} does not record where its images are")
     root = FsPath(root_text).resolve()
     path = resolve_rel_path(root, str(row.get("rel_path", ""))).resolve()  # names that are not UTF-8 too
     if not path.is_relative_to(root) or path == root:
         log.warning("refusing id %d of %r: %r resolves outside %s", row_id, index, row.get("rel_path"), root)
-        raise ApiError(404, "image_unavailable", f"image {row_id} of index {index!r} is not available")
+        raise ImageUnavailableError(f"image {row_id} of index {index!r} is not available")
     if not path.is_file():
-        raise ApiError(404, "image_unavailable", f"image {row_id} of index {index!r} is no longer on the server")
+        raise ImageUnavailableError(f"image {row_id} of index {index!r} is no longer on the server")
     return path, row
 
 
@@ -90,7 +90,7 @@ def get_thumbnail(
     sizes = settings.thumbnail_sizes
     size = sizes[0] if size is None else size
     if size not in sizes:
-        raise ApiError(422, "bad_thumbnail_size", f"size must be one of {', '.join(map(str, sizes))}, got {size}")
+        raise BadThumbnailSizeError(f"size must be one of {', '.join(map(str, sizes))}, got {size}")
     path, row = resolve_image(engine, store, index, row_id)
     try:
         thumb = thumbnails.get(
@@ -98,5 +98,5 @@ def get_thumbnail(
         )
     except (ImageDecodeError, OSError) as exc:
         log.warning("cannot thumbnail id %d of %r (%s): %s", row_id, index, path, exc)
-        raise ApiError(404, "image_unavailable", f"image {row_id} of index {index!r} cannot be decoded") from exc
+        raise ImageUnavailableError(f"image {row_id} of index {index!r} cannot be decoded") from exc
     return FileResponse(thumb, media_type="image/jpeg", headers=_HEADERS)

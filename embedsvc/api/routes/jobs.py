@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from fastapi.concurrency import run_in_threadpool
 
-from embedsvc.api.deps import IndexPath, JobsDep
+from embedsvc.api.deps import IndexPath, JobsDep, SettingsDep, public_path
 from embedsvc.api.schemas import JobCreate, JobInfo, JobProgress, error_responses
+from embedsvc.core.config import Settings
 from embedsvc.jobs import Job
 
 router = APIRouter(prefix="/indexes", tags=["jobs"])
@@ -16,7 +17,18 @@ router = APIRouter(prefix="/indexes", tags=["jobs"])
 JobIdPath = Annotated[str, Path(min_length=1, max_length=64, description="Job id from the POST.")]
 
 
-def job_info(job: Job) -> JobInfo:
+def _public_summary(summary: dict[str, Any] | None, settings: Settings) -> dict[str, Any] | None:
+    """The indexer's summary with its server paths relative to the data directory or allowed root."""
+    if summary is None:
+        return None
+    out = dict(summary)
+    for key in ("failures_report", "dataset_root"):
+        if out.get(key):
+            out[key] = public_path(out[key], settings)
+    return out
+
+
+def job_info(job: Job, settings: Settings) -> JobInfo:
     return JobInfo(
         id=job.id,
         index=job.index,
@@ -29,7 +41,7 @@ def job_info(job: Job) -> JobInfo:
         started_at=job.started_at,
         finished_at=job.finished_at,
         progress=JobProgress(done=job.done, total=job.total, phase=job.phase, per_model_rate=job.per_model_rate),
-        summary=job.summary,
+        summary=_public_summary(job.summary, settings),
         error=job.error,
     )
 
@@ -39,18 +51,18 @@ def job_info(job: Job) -> JobInfo:
     status_code=202,
     response_model=JobInfo,
     summary="Bulk-index a server-side folder (under an allowed root) into this index, in the background",
-    responses=error_responses(400, 403, 404, 409, 422, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
-async def start_job(name: IndexPath, body: JobCreate, jobs: JobsDep) -> JobInfo:
+async def start_job(name: IndexPath, body: JobCreate, jobs: JobsDep, settings: SettingsDep) -> JobInfo:
     job = await run_in_threadpool(
         jobs.start, name, body.root, labels_from_dirs=body.labels_from_dirs, prune=body.prune, models=body.models
     )
-    return job_info(job)
+    return job_info(job, settings)
 
 
 @router.get("/{name}/jobs", response_model=list[JobInfo], summary="Recent jobs of this index")
-def list_jobs(name: IndexPath, jobs: JobsDep) -> list[JobInfo]:
-    return [job_info(j) for j in jobs.list(name)]
+def list_jobs(name: IndexPath, jobs: JobsDep, settings: SettingsDep) -> list[JobInfo]:
+    return [job_info(j, settings) for j in jobs.list(name)]
 
 
 @router.get(
@@ -59,5 +71,5 @@ def list_jobs(name: IndexPath, jobs: JobsDep) -> list[JobInfo]:
     summary="Progress and result of one job",
     responses=error_responses(404, 422),
 )
-def get_job(name: IndexPath, job_id: JobIdPath, jobs: JobsDep) -> JobInfo:
-    return job_info(jobs.get(name, job_id))
+def get_job(name: IndexPath, job_id: JobIdPath, jobs: JobsDep, settings: SettingsDep) -> JobInfo:
+    return job_info(jobs.get(name, job_id), settings)

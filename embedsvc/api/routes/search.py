@@ -15,7 +15,13 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from embedsvc.api.deps import EngineDep, IndexQuery, MetricsDep, SettingsDep
-from embedsvc.api.errors import ApiError
+from embedsvc.api.errors import (
+    BadBase64Error,
+    BadMultipartError,
+    MissingFieldError,
+    RequestError,
+    UnsupportedMediaTypeError,
+)
 from embedsvc.api.schemas import (
     ModelResult,
     Neighbour,
@@ -33,7 +39,6 @@ from embedsvc.search import SearchOutcome, parse_model_list
 router = APIRouter(prefix="/search", tags=["search"])
 
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
-_JSON_OVERHEAD = 64 * 1024
 
 _REQUEST_BODY = {
     "requestBody": {
@@ -129,39 +134,36 @@ def to_response(outcome: SearchOutcome, *, base: str, thumb_size: int) -> Search
     )
 
 
-async def _read_upload(request: Request, limit: int) -> tuple[bytes, str]:
+async def _read_upload(request: Request) -> tuple[bytes, str]:
+    """The uploaded file's bytes and name (BodySizeLimit bounds the body; the engine checks the image's size)."""
     try:
         form = await request.form(max_files=1, max_fields=16)
-    except ApiError:
+    except RequestError:
         raise
     except Exception as exc:  # malformed multipart: python-multipart's own message
         if getattr(exc, "status_code", None) == 400:
-            raise ApiError(400, "bad_multipart", f"malformed multipart body: {getattr(exc, 'detail', exc)}") from exc
+            raise BadMultipartError(f"malformed multipart body: {getattr(exc, 'detail', exc)}") from exc
         raise
     upload = form.get("image")
     if upload is None:
-        raise ApiError(422, "validation_error", "multipart field 'image' (the image file) is required")
+        raise MissingFieldError("multipart field 'image' (the image file) is required")
     if not isinstance(upload, UploadFile):
-        raise ApiError(422, "validation_error", "multipart field 'image' must be a file, not a text value")
-    data = await upload.read(limit + 1)
+        raise MissingFieldError("multipart field 'image' must be a file, not a text value")
+    data = await upload.read()
     await form.close()
-    if len(data) > limit:
-        raise ApiError(413, "too_large", f"upload exceeds the limit of {limit:,} bytes")
     return data, (upload.filename or "upload")[:200]
 
 
-def decode_base64(text: str, limit: int) -> bytes:
+def decode_base64(text: str) -> bytes:
     """Image bytes from base64 text (standard or URL-safe alphabet, optional data: URL prefix)."""
     text = _DATA_URL.sub("", text.strip(), count=1)
     text = "".join(text.split())
-    if len(text) > (limit // 3 + 1) * 4 + 4:
-        raise ApiError(413, "too_large", f"image_base64 decodes to more than the limit of {limit:,} bytes")
     try:
         if "-" in text or "_" in text:
             return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ApiError(400, "bad_base64", f"image_base64 is not valid base64 ({exc})") from exc
+        raise BadBase64Error(f"image_base64 is not valid base64 ({exc})") from exc
 
 
 @router.post(
@@ -182,7 +184,7 @@ async def search(
     settings: SettingsDep,
     metrics: MetricsDep,
     index: IndexQuery,
-    k: Annotated[int, Query(ge=1, description="Neighbours per model (1..max_k).")] = 10,
+    k: Annotated[int, Query(description="Neighbours per model (1..max_k).")] = 10,
     models: Annotated[
         list[str] | None,
         Query(description="Model keys (repeatable or comma-separated). Default: all of the index's models."),
@@ -191,20 +193,16 @@ async def search(
         str | None, Query(max_length=512, description="Only neighbours with this label (id or name).")
     ] = None,
 ) -> SearchResponse:
-    if k > settings.max_k:
-        raise ApiError(422, "k_out_of_range", f"k must be between 1 and {settings.max_k}, got {k}")
+    engine.check_k(k)  # before reading the body: k's one owner is the search engine
     requested = parse_model_list(models)
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    limit = settings.max_upload_bytes
     if content_type == "multipart/form-data":
-        data, name = await _read_upload(request, limit)
+        data, name = await _read_upload(request)
         outcome = await run_in_threadpool(
             engine.search_image, index, data, k=k, models=requested, label=label, kind="upload", name=name
         )
     elif content_type in ("application/json", ""):
         body = await request.body()
-        if len(body) > limit * 4 // 3 + _JSON_OVERHEAD:
-            raise ApiError(413, "too_large", f"request body exceeds the limit for a {limit:,}-byte image")
         try:
             query = SearchByJson.model_validate_json(body or b"{}")
         except ValidationError as exc:
@@ -214,15 +212,13 @@ async def search(
         if query.id is not None:
             outcome = await run_in_threadpool(engine.search_by_id, index, query.id, k=k, models=requested, label=label)
         else:
-            data = decode_base64(query.image_base64 or "", limit)
+            data = decode_base64(query.image_base64 or "")
             outcome = await run_in_threadpool(
                 engine.search_image, index, data, k=k, models=requested, label=label, kind="base64", name="image_base64"
             )
     else:
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"send multipart/form-data with an 'image' file or application/json, not {content_type!r}",
+        raise UnsupportedMediaTypeError(
+            f"send multipart/form-data with an 'image' file or application/json, not {content_type[:100]!r}"
         )
     metrics.searches.labels(kind=outcome.query.kind).inc()
     base = request.scope.get("root_path", "").rstrip("/")
