@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embedsvc.results import Neighbour
 from embedsvc.store import (
     COMPAT_FIELDS,
     DatabaseInUseError,
     DimensionMismatchError,
-    Hit,
     IndexNotFoundError,
     ManifestMismatchError,
     Store,
@@ -86,7 +86,7 @@ def numpy_topk(rows: list[dict], queries: np.ndarray, k: int) -> tuple[np.ndarra
     return ids[order], np.take_along_axis(d2, order, axis=1)
 
 
-def assert_hits_equal(hits: list[list[Hit]], ref_ids: np.ndarray, ref_d2: np.ndarray) -> None:
+def assert_hits_equal(hits: list[list[Neighbour]], ref_ids: np.ndarray, ref_d2: np.ndarray) -> None:
     assert len(hits) == len(ref_ids)
     for got, want_ids, want_d in zip(hits, ref_ids, ref_d2, strict=True):
         assert [h.id for h in got] == want_ids.tolist()

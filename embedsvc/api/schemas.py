@@ -11,6 +11,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from embedsvc import results
+from embedsvc.results import OverlapPair as OverlapPair  # re-exported: clients import them from here
+from embedsvc.results import Provenance as Provenance
+from embedsvc.results import SkippedModel as SkippedModel
+from embedsvc.results import StageTimings as StageTimings
+
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
@@ -49,90 +55,27 @@ class SearchByJson(BaseModel):
         return self
 
 
-class Provenance(BaseModel):
-    label: str = Field(description="Human-readable weights origin; starts with 'untrained' for random weights.")
-    trained: bool
-    untrained: bool
-    source: str | None = None
-    sha256: str | None = None
-    seed: int | None = None
+# Provenance, StageTimings, OverlapPair and SkippedModel are the search core's own (embedsvc.results);
+# the response types below extend its results with image and thumbnail URLs, nothing else.
 
 
-class StageTimings(BaseModel):
-    """Milliseconds per stage for one model. decode_ms is the shared decode (done once per query);
-    queue_ms is the wait for the forward gate (other searches' or jobs' forwards), forward_ms compute only."""
-
-    decode_ms: float = 0.0
-    preprocess_ms: float = 0.0
-    queue_ms: float = 0.0
-    forward_ms: float = 0.0
-    search_ms: float = 0.0
-    total_ms: float = 0.0
-
-
-class Neighbour(BaseModel):
-    rank: int = Field(description="1-based rank.")
-    id: int
-    rel_path: str = Field(description="Path relative to the index's dataset root (informational only).")
-    label_id: int | None = None
-    label_name: str | None = None
-    distance: float = Field(description="Squared L2 distance between embeddings.")
-    width: int | None = None
-    height: int | None = None
+class Neighbour(results.Neighbour):
     image_url: str
     thumbnail_url: str
-    same_label_as_query: bool | None = Field(
-        default=None, description="Null when the query's label is unknown (e.g. an upload)."
-    )
 
 
-class ModelResult(BaseModel):
-    model_key: str
-    display_name: str
-    model_name: str
-    dim: int
-    provenance: Provenance
-    untrained: bool
-    timings: StageTimings
+class ModelResult(results.ModelResult):
     neighbours: list[Neighbour]
 
 
-class OverlapPair(BaseModel):
-    a: str
-    b: str
-    jaccard: float = Field(description="|A ∩ B| / |A ∪ B| of the two models' neighbour id sets.")
-    shared: int
-
-
-class QueryInfo(BaseModel):
-    kind: Literal["upload", "base64", "id"]
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
-    bytes: int | None = None
-    id: int | None = None
-    rel_path: str | None = None
-    label_id: int | None = None
-    label_name: str | None = None
+class QueryInfo(results.QueryInfo):
     image_url: str | None = None
     thumbnail_url: str | None = None
 
 
-class SkippedModel(BaseModel):
-    model_key: str
-    reason: str
-
-
-class SearchResponse(BaseModel):
-    index: str
-    k: int
-    label_filter: int | None = None
+class SearchResponse(results.SearchResult):
     query: QueryInfo
     models: list[ModelResult]
-    overlap: list[OverlapPair] = Field(description="Jaccard@k for each pair of models.")
-    skipped: list[SkippedModel] = Field(default_factory=list, description="Index models this service cannot run.")
-    decode_ms: float = 0.0
-    total_ms: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------------

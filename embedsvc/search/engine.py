@@ -30,7 +30,18 @@ from embedsvc.search.errors import (
     UnknownModelError,
 )
 from embedsvc.search.holder import StoreHolder
-from embedsvc.search.results import ModelOutcome, Neighbour, Query, RowListing, SearchOutcome, StageObserver
+from embedsvc.search.results import (
+    ModelResult,
+    Neighbour,
+    Provenance,
+    QueryInfo,
+    RowListing,
+    SearchResult,
+    SkippedModel,
+    StageObserver,
+    StageTimings,
+    overlap_pairs,
+)
 from embedsvc.store import IndexNotFoundError, Store
 
 
@@ -177,34 +188,26 @@ class SearchEngine:
         self,
         model_key: str,
         manifest: Mapping[str, Any],
-        hits: Sequence[Any],
+        hits: Sequence[Neighbour],
         timings: dict[str, float],
         query_label: int | None,
-    ) -> ModelOutcome:
+    ) -> ModelResult:
         neighbours = [
-            Neighbour(
-                rank=rank,
-                id=int(h.id),
-                rel_path=str(h.rel_path),
-                label_id=None if h.label_id is None or h.label_id < 0 else int(h.label_id),
-                label_name=h.label_name or None,
-                distance=float(h.distance),
-                width=getattr(h, "width", None),
-                height=getattr(h, "height", None),
-                same_label_as_query=None if query_label is None else int(h.label_id) == query_label,
-            )
-            for rank, h in enumerate(hits, start=1)
+            h if query_label is None else h.model_copy(update={"same_label_as_query": h.label_id == query_label})
+            for h in hits
         ]
         timings["total_ms"] = sum(v for k, v in timings.items() if k != "total_ms")
         embedder = self.embedders.get(model_key)
         weights = dict(manifest.get("weights") or (embedder.provenance.to_dict() if embedder else {}))
-        return ModelOutcome(
+        provenance = Provenance.of(weights)
+        return ModelResult(
             model_key=model_key,
             display_name=str(manifest.get("display_name") or (embedder.spec.display_name if embedder else model_key)),
             model_name=str(manifest.get("model_name") or (embedder.spec.model_name if embedder else model_key)),
             dim=int(manifest.get("dim") or (embedder.dim if embedder else 0)),
-            provenance=weights,
-            timings_ms=timings,
+            provenance=provenance,
+            untrained=provenance.untrained,
+            timings=StageTimings(**{k: round(v, 3) for k, v in timings.items() if k in StageTimings.model_fields}),
             neighbours=neighbours,
         )
 
@@ -252,7 +255,7 @@ class SearchEngine:
         label: int | str | None = None,
         kind: str = "upload",
         name: str = "upload",
-    ) -> SearchOutcome:
+    ) -> SearchResult:
         """Embed an image file's bytes with each model and search the index. Decodes once."""
         t0 = time.perf_counter()
         self.check_k(k)
@@ -271,7 +274,7 @@ class SearchEngine:
         decode_ms = (time.perf_counter() - t_dec) * 1000.0
         if self.observer is not None:
             self.observer("*", "decode", decode_ms / 1000.0)
-        query = Query(
+        query = QueryInfo(
             kind=kind, width=decoded.width, height=decoded.height, format=decoded.source_format, bytes=len(data)
         )
 
@@ -287,15 +290,16 @@ class SearchEngine:
                     lambda s, key=key, vector=vector: s.search(index, key, vector, k, label_id=label_id)
                 )[0]
             outcomes.append(self._outcome(key, manifests[key], hits, timings, None))
-        return SearchOutcome(
+        return SearchResult(
             index=index,
             k=k,
             label_filter=label_id,
             query=query,
             models=outcomes,
-            skipped=skipped,
-            decode_ms=decode_ms,
-            total_ms=(time.perf_counter() - t0) * 1000.0,
+            overlap=overlap_pairs(outcomes),
+            skipped=[SkippedModel(model_key=key, reason=reason) for key, reason in skipped],
+            decode_ms=round(decode_ms, 3),
+            total_ms=round((time.perf_counter() - t0) * 1000.0, 3),
         )
 
     def search_by_id(
@@ -306,14 +310,14 @@ class SearchEngine:
         k: int = 10,
         models: Sequence[str] | None = None,
         label: int | str | None = None,
-    ) -> SearchOutcome:
+    ) -> SearchResult:
         """ "More like this": each model searches with its own stored vector of ``row_id``, excluding it."""
         t0 = time.perf_counter()
         self.check_k(k)
         manifests = self.index_manifests(index)
         label_id = self.resolve_label(index, manifests, label)
         chosen, skipped = self.select_models(index, manifests, models, need_loaded=False)
-        query: Query | None = None
+        query: QueryInfo | None = None
         outcomes = []
         for key in chosen:
             timings: dict[str, float] = {"decode_ms": 0.0, "preprocess_ms": 0.0, "queue_ms": 0.0, "forward_ms": 0.0}
@@ -330,23 +334,24 @@ class SearchEngine:
                 )[0]
             if query is None:
                 row_label = row.get("label_id")
-                query = Query(
+                query = QueryInfo(
                     kind="id",
                     id=row_id,
                     rel_path=row.get("rel_path"),
-                    label_id=None if row_label is None or row_label < 0 else int(row_label),
+                    label_id=Neighbour.known_label(row_label),
                     label_name=row.get("label_name") or None,
                     width=row.get("width"),
                     height=row.get("height"),
                 )
             outcomes.append(self._outcome(key, manifests[key], hits, timings, query.label_id))
         assert query is not None  # select_models never returns an empty list
-        return SearchOutcome(
+        return SearchResult(
             index=index,
             k=k,
             label_filter=label_id,
             query=query,
             models=outcomes,
-            skipped=skipped,
-            total_ms=(time.perf_counter() - t0) * 1000.0,
+            overlap=overlap_pairs(outcomes),
+            skipped=[SkippedModel(model_key=key, reason=reason) for key, reason in skipped],
+            total_ms=round((time.perf_counter() - t0) * 1000.0, 3),
         )

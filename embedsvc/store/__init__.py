@@ -5,7 +5,7 @@ The public API is re-exported here, so callers import from ``embedsvc.store``. T
 * ``milvus``: ``Store``, the collections, manifests, upsert/search/listing (and the URI rules).
 * ``lite``: Milvus Lite ownership: the owner file, lock detection, starting or sharing a ``.db``
   file's embedded server, guest takeover.
-* ``rows``: ``Hit``, row validation and upsert batching.
+* ``rows``: row validation and upsert batching (a search hit is ``embedsvc.results.Neighbour``).
 * ``naming``: ``row_id`` and collection names.
 * ``errors``: ``StoreError`` and its subclasses, and how pymilvus failures map onto them.
 """
@@ -20,7 +20,7 @@ from embedsvc.store.errors import (
 )
 from embedsvc.store.milvus import COMPAT_FIELDS, MANIFESTS, MAX_TOPK, SCHEMA_VERSION, Store
 from embedsvc.store.naming import row_id
-from embedsvc.store.rows import MAX_BATCH_BYTES, MAX_BATCH_ROWS, Hit
+from embedsvc.store.rows import MAX_BATCH_BYTES, MAX_BATCH_ROWS
 
 __all__ = [
     "COMPAT_FIELDS",
@@ -31,7 +31,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "DatabaseInUseError",
     "DimensionMismatchError",
-    "Hit",
     "IndexNotFoundError",
     "ManifestMismatchError",
     "Store",

@@ -47,6 +47,7 @@ from embedsvc.manifest import (
     incompatibilities,
     incompatible_fields,
 )
+from embedsvc.results import Neighbour
 from embedsvc.store import naming
 from embedsvc.store.errors import (
     DimensionMismatchError,
@@ -59,7 +60,7 @@ from embedsvc.store.errors import (
     is_unavailable,
 )
 from embedsvc.store.lite import check_lite_path, describe_owner, open_lite, owner_gone, release_lite
-from embedsvc.store.rows import MAXLEN, OUTPUT_FIELDS, Hit, batches, check_dim, clean_row
+from embedsvc.store.rows import MAXLEN, OUTPUT_FIELDS, batches, check_dim, clean_row
 
 if TYPE_CHECKING:
     from embedsvc.core.config import Settings
@@ -622,10 +623,11 @@ class Store:
         *,
         label_id: int | None = None,
         exclude_ids: Sequence[int] = (),
-    ) -> list[list[Hit]]:
+    ) -> list[list[Neighbour]]:
         """Exact (FLAT) nearest neighbours for each query vector, closest first.
 
-        ``vectors``: (d,) or (n, d). ``Hit.distance`` is the squared L2 distance as Milvus returns it.
+        ``vectors``: (d,) or (n, d); one list of ranked ``Neighbour``s per query (label -1 reads None).
+        ``distance`` is the squared L2 distance as Milvus returns it.
         ``label_id`` keeps only rows with that label; ``exclude_ids`` drops those rows (e.g. the query
         image itself) before the top ``k`` are taken.
         """
@@ -659,17 +661,18 @@ class Store:
         )
         return [
             [
-                Hit(
+                Neighbour(
+                    rank=rank,
                     id=int(h["id"]),
                     distance=float(h["distance"]),
                     rel_path=str(h["entity"]["rel_path"]),
-                    label_id=int(h["entity"]["label_id"]),
-                    label_name=str(h["entity"]["label_name"]),
+                    label_id=Neighbour.known_label(h["entity"]["label_id"]),
+                    label_name=str(h["entity"]["label_name"]) or None,
                     width=int(h["entity"]["width"]),
                     height=int(h["entity"]["height"]),
                     content_hash=str(h["entity"]["content_hash"]),
                 )
-                for h in hits
+                for rank, h in enumerate(hits, start=1)
             ]
             for hits in results
         ]

@@ -1,9 +1,10 @@
-"""What one row of an (index, model) collection holds, how rows are checked, and how upserts are batched."""
+"""What one row of an (index, model) collection holds, how rows are checked, and how upserts are batched.
+
+A search hit is ``embedsvc.results.Neighbour`` (defined once for the store, search and API)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,20 +18,6 @@ MAX_BATCH_BYTES = 3_500_000
 MAXLEN = {"rel_path": 4096, "content_hash": 128, "label_name": 512}
 #: Scalar fields returned with a row or a search hit (``id`` and ``vector`` are asked for separately).
 OUTPUT_FIELDS = ["rel_path", "label_id", "label_name", "width", "height", "content_hash"]
-
-
-@dataclass
-class Hit:
-    """One search result. ``distance`` is the squared L2 distance (smaller is closer)."""
-
-    id: int
-    distance: float
-    rel_path: str
-    label_id: int
-    label_name: str
-    width: int
-    height: int
-    content_hash: str
 
 
 def check_dim(vectors: np.ndarray, dim: int, what: str) -> None:

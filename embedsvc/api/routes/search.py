@@ -25,16 +25,12 @@ from embedsvc.api.errors import (
 from embedsvc.api.schemas import (
     ModelResult,
     Neighbour,
-    OverlapPair,
-    Provenance,
     QueryInfo,
     SearchByJson,
     SearchResponse,
-    SkippedModel,
-    StageTimings,
     error_responses,
 )
-from embedsvc.search import SearchOutcome, parse_model_list
+from embedsvc.search import SearchResult, parse_model_list
 
 router = APIRouter(prefix="/search", tags=["search"])
 
@@ -65,73 +61,26 @@ def thumbnail_url(base: str, index: str, row_id: int, size: int) -> str:
     return f"{image_url(base, index, row_id)}/thumbnail?size={size}"
 
 
-def to_response(outcome: SearchOutcome, *, base: str, thumb_size: int) -> SearchResponse:
-    """Domain result -> API schema, with image and thumbnail URLs relative to the API root."""
-    index = outcome.index
-    q = outcome.query
-    query = QueryInfo(
-        kind=q.kind,  # type: ignore[arg-type]
-        width=q.width,
-        height=q.height,
-        format=q.format,
-        bytes=q.bytes,
-        id=q.id,
-        rel_path=q.rel_path,
-        label_id=q.label_id,
-        label_name=q.label_name,
-        image_url=image_url(base, index, q.id) if q.id is not None else None,
-        thumbnail_url=thumbnail_url(base, index, q.id, thumb_size) if q.id is not None else None,
-    )
-    models = []
-    for m in outcome.models:
-        prov = m.provenance
-        models.append(
-            ModelResult(
-                model_key=m.model_key,
-                display_name=m.display_name,
-                model_name=m.model_name,
-                dim=m.dim,
-                provenance=Provenance(
-                    label=str(prov.get("label") or prov.get("source") or "unknown"),
-                    trained=bool(prov.get("trained", False)),
-                    untrained=m.untrained,
-                    source=prov.get("source"),
-                    sha256=prov.get("sha256"),
-                    seed=prov.get("seed"),
-                ),
-                untrained=m.untrained,
-                timings=StageTimings(
-                    **{k: round(v, 3) for k, v in m.timings_ms.items() if k in StageTimings.model_fields}
-                ),
-                neighbours=[
-                    Neighbour(
-                        rank=n.rank,
-                        id=n.id,
-                        rel_path=n.rel_path,
-                        label_id=n.label_id,
-                        label_name=n.label_name,
-                        distance=n.distance,
-                        width=n.width,
-                        height=n.height,
-                        image_url=image_url(base, index, n.id),
-                        thumbnail_url=thumbnail_url(base, index, n.id, thumb_size),
-                        same_label_as_query=n.same_label_as_query,
-                    )
-                    for n in m.neighbours
-                ],
-            )
+def to_response(outcome: SearchResult, *, base: str, thumb_size: int) -> SearchResponse:
+    """The search core's result plus image and thumbnail URLs (relative to the API root): nothing else."""
+
+    def urls(row_id: int | None) -> dict[str, str]:
+        if row_id is None:
+            return {}
+        return {
+            "image_url": image_url(base, outcome.index, row_id),
+            "thumbnail_url": thumbnail_url(base, outcome.index, row_id, thumb_size),
+        }
+
+    models = [
+        ModelResult(
+            **m.model_dump(exclude={"neighbours"}),
+            neighbours=[Neighbour(**n.model_dump(), **urls(n.id)) for n in m.neighbours],
         )
-    return SearchResponse(
-        index=index,
-        k=outcome.k,
-        label_filter=outcome.label_filter,
-        query=query,
-        models=models,
-        overlap=[OverlapPair(a=a, b=b, jaccard=round(j, 6), shared=s) for a, b, j, s in outcome.overlap()],
-        skipped=[SkippedModel(model_key=k, reason=r) for k, r in outcome.skipped],
-        decode_ms=round(outcome.decode_ms, 3),
-        total_ms=round(outcome.total_ms, 3),
-    )
+        for m in outcome.models
+    ]
+    query = QueryInfo(**outcome.query.model_dump(), **urls(outcome.query.id))
+    return SearchResponse(**outcome.model_dump(exclude={"query", "models"}), query=query, models=models)
 
 
 async def _read_upload(request: Request) -> tuple[bytes, str]:
