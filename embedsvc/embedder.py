@@ -30,8 +30,7 @@ from embedsvc.models.registry import EmbedderSpec, get_spec
 from embedsvc.models.weights import (
     Provenance,
     WeightsNotFoundError,
-    load_checkpoint_file,
-    load_into,
+    load_weights,
     resolve_weights_file,
     sha256_of,
 )
@@ -186,7 +185,7 @@ def load_embedder(
         log.warning("%s -- using seeded random weights (untrained)", exc)
         provenance = Provenance(source="random", sha256=None, trained=False, seed=seed)
     else:
-        load_into(model, load_checkpoint_file(path), spec.checkpoint_filter or _family_filter(model))
+        load_weights(model, path, spec.checkpoint_filter or _family_filter(model))
         provenance = Provenance(source=source, sha256=sha256_of(path), trained=True)
     model.eval()
     if spec.serve_transform is not None:

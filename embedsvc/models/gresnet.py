@@ -8,6 +8,7 @@ affine on its output, so that `fold_gresnet` can turn the whole network into bia
 
 The published definition and weights are out of reach here, so the architecture follows the post's
 description (spec: docs/gresnet.md); `checkpoint_filter_fn` maps differently named checkpoints in order.
+The Google Drive id of the weights lives in the registered pretrained cfg (`origin_url`), read from there.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from embedsvc.models.layers import SNConv
 
 __all__ = ["GDRIVE_FILE_ID", "Bottleneck", "GResNet", "Shortcut", "checkpoint_filter_fn", "fold_gresnet"]
 
-# Google Drive file id of the post's published GResNet-50 weights; downloading is done elsewhere and
-# handed to timm as `pretrained_cfg_overlay=dict(file=...)`.
+# Google Drive file id of the post's published GResNet-50 weights, written once into the pretrained cfg below
+# (`origin_url`), where `embedsvc.models.weights.hub_source` reads it; the downloaded file is loaded by timm.
 GDRIVE_FILE_ID = "1WKPkLybhrE389sierVj2-uZ_ZYAJI1Gf"
 
 
@@ -221,52 +222,21 @@ class GResNet(nn.Module):
         return self.forward_head(x)
 
 
-_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")  # EMA first, as timm's loader
-_KEY_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP/AveragedModel, torch.compile
-_IGNORED_KEYS = ("n_averaged",)  # torchvision's EMA (AveragedModel) counter
-
-
-def _is_counter(key: str) -> bool:
-    return key.endswith("num_batches_tracked")
-
-
-def _strip_prefixes(key: str) -> str:
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _KEY_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix) :], True
-    return key
-
-
-def _shape(t: torch.Tensor | None) -> tuple[int, ...] | None:
-    return None if t is None else tuple(t.shape)
+_IGNORED_KEYS = ("n_averaged",)  # torchvision's EMA (AveragedModel) counter: the post's recipe is torchvision's
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: GResNet) -> dict[str, torch.Tensor]:
-    """Turn a GResNet checkpoint into this model's state dict, for strict loading.
+    """Map a GResNet state dict onto this model's keys, for strict loading: key mapping only.
 
-    Unwraps `state_dict_ema`/`model_ema`/`state_dict`/`model` (EMA preferred, as timm's own loader) and
-    `module.`/`_orig_mod.` prefixes. Our key names pass through unchanged. Foreign names (e.g. the post's
-    gist) are mapped *in order*, ignoring `num_batches_tracked`, and every tensor must match its target's
-    shape exactly; the classifier is taken as the last two tensors and only checked for consistency,
-    since timm drops it when `num_classes` differs. Anything else raises a ValueError listing mismatches.
+    timm's loader has already picked the weights (EMA first) and stripped ``module.``/``_orig_mod.``.
+    Our key names pass through. Foreign names (e.g. the post's gist) are mapped *in order* by
+    `embedsvc.models.weights.map_in_order`, every body tensor matching its target's shape exactly; the
+    classifier is taken as the last two tensors and only checked against ``num_features``, since timm
+    drops it when ``num_classes`` differs. Anything else raises a CheckpointMismatchError listing mismatches.
     """
-    sd: Any = state_dict
-    while isinstance(sd, Mapping):
-        wrapper = next((k for k in _WRAPPER_KEYS if isinstance(sd.get(k), Mapping)), None)
-        if wrapper is None:
-            break
-        sd = sd[wrapper]
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"checkpoint is not a state dict (got {type(sd).__name__})")
-    src = {
-        _strip_prefixes(k): v
-        for k, v in sd.items()
-        if isinstance(v, torch.Tensor) and _strip_prefixes(k) not in _IGNORED_KEYS
-    }
+    from embedsvc.models.weights import CheckpointMismatchError, map_in_order
 
+    src = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor) and k not in _IGNORED_KEYS}
     ours = model.state_dict()
     head_name = str(model.get_classifier(name_only=True))
     head_keys = [f"{head_name}.weight", f"{head_name}.bias"]
@@ -275,16 +245,18 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: GResNet) -> dict[
 
     if set(src_keys) - set(head_keys) == set(body):
         mapped = {k: src[k] for k in src_keys}
+        problems = [
+            f"  {k}: checkpoint {tuple(mapped[k].shape)} != model {tuple(ours[k].shape)}"
+            for k in body
+            if mapped[k].shape != ours[k].shape
+        ]
+        if problems:
+            raise CheckpointMismatchError("checkpoint does not fit GResNet, shape mismatches:\n" + "\n".join(problems))
     else:
-        mapped = _map_in_order(src, src_keys, ours, body, head_keys, model.num_features)
-
-    problems = [
-        f"  {k}: checkpoint {_shape(mapped[k])} != model {_shape(ours[k])}"
-        for k in body
-        if mapped[k].shape != ours[k].shape
-    ]
-    if problems:
-        raise ValueError("checkpoint does not fit GResNet, shape mismatches:\n" + "\n".join(problems))
+        targets = {k: tuple(ours[k].shape) for k in body}
+        if len(src_keys) == len(body) + len(head_keys):  # with a classifier of any class count
+            targets |= {head_keys[0]: (-1, model.num_features), head_keys[1]: (-1,)}
+        mapped = map_in_order({k: src[k] for k in src_keys}, targets, "GResNet")
     if model.num_classes == 0:  # headless model: nothing to load the classifier into
         mapped = {k: v for k, v in mapped.items() if k not in head_keys}
     for k, v in ours.items():
@@ -293,42 +265,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: GResNet) -> dict[
     return mapped
 
 
-def _map_in_order(
-    src: Mapping[str, torch.Tensor],
-    src_keys: list[str],
-    ours: Mapping[str, torch.Tensor],
-    body: list[str],
-    head_keys: list[str],
-    num_features: int,
-) -> dict[str, torch.Tensor]:
-    """Pair foreign checkpoint tensors with ours by position; raise listing every mismatch."""
-    has_head = len(src_keys) == len(body) + len(head_keys)
-    targets = body + head_keys if has_head else body
-    problems: list[str] = []
-    if len(src_keys) != len(targets):
-        problems.append(
-            f"  count: checkpoint has {len(src_keys)} tensors, model expects {len(body)} "
-            f"(+{len(head_keys)} for the classifier), num_batches_tracked ignored"
-        )
-    for i, (sk, dk) in enumerate(zip(src_keys, targets, strict=False)):
-        t = src[sk]
-        if dk == head_keys[0]:
-            ok = t.ndim == 2 and t.shape[1] == num_features
-        elif dk == head_keys[1]:
-            ok = t.ndim == 1 and t.shape[0] == src[src_keys[i - 1]].shape[0]
-        else:
-            ok = t.shape == ours[dk].shape
-        if not ok:
-            expected = _shape(ours.get(dk)) if dk in ours else "(classes, num_features)"
-            problems.append(f"  #{i}: checkpoint {sk} {_shape(t)} -> model {dk} {expected}")
-    for i in range(len(targets), len(src_keys)):
-        problems.append(f"  #{i}: checkpoint {src_keys[i]} {_shape(src[src_keys[i]])} has no target")
-    for i in range(len(src_keys), len(targets)):
-        problems.append(f"  #{i}: model {targets[i]} {_shape(ours.get(targets[i]))} has no source")
-    if problems:
-        shown = problems[:40] + ([f"  ... {len(problems) - 40} more"] if len(problems) > 40 else [])
-        raise ValueError("checkpoint keys differ from GResNet's and cannot be mapped in order:\n" + "\n".join(shown))
-    return {dk: src[sk] for sk, dk in zip(src_keys, targets, strict=True)}
+def _is_counter(key: str) -> bool:
+    return key.endswith("num_batches_tracked")
 
 
 def fold_gresnet(model: GResNet, exact_border: bool = True) -> GResNet:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from embedsvc.models.weights import WeightsSource
+import embedsvc.models.gresnet  # noqa: F401  (registers gresnet50's pretrained cfg, read below)
+from embedsvc.models.weights import WeightsSource, hub_source
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ register_embedder(
         key="gresnet50",
         model_name="gresnet50.fl_in1k",
         display_name="GResNet-50",
-        weights=WeightsSource("gdrive", "1WKPkLybhrE389sierVj2-uZ_ZYAJI1Gf", filename="gresnet50.pth"),
+        weights=hub_source("gresnet50.fl_in1k", filename="gresnet50.pth"),  # the Drive id: gresnet.py's cfg
         checkpoint_filter=_gresnet_filter,
         serve_transform=_fold,
     )
@@ -75,7 +76,7 @@ register_embedder(
         key="convnext_tiny",
         model_name="convnext_tiny.fb_in1k",
         display_name="ConvNeXt-T",
-        weights=WeightsSource("hf", "timm/convnext_tiny.fb_in1k"),
+        weights=hub_source("convnext_tiny.fb_in1k"),
     )
 )
 register_embedder(
@@ -83,7 +84,7 @@ register_embedder(
         key="deit3_small",
         model_name="deit3_small_patch16_224.fb_in1k",
         display_name="ViT-S (DeiT-III)",
-        weights=WeightsSource("hf", "timm/deit3_small_patch16_224.fb_in1k"),
+        weights=hub_source("deit3_small_patch16_224.fb_in1k"),
     )
 )
 register_embedder(

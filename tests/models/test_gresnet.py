@@ -14,6 +14,7 @@ from torch import nn
 import embedsvc.models  # noqa: F401  (registers gresnet50 with timm)
 from embedsvc.models.gresnet import GDRIVE_FILE_ID, GResNet, checkpoint_filter_fn, fold_gresnet
 from embedsvc.models.layers import Affine, MeanPad, SNConv
+from embedsvc.models.weights import load_weights
 
 TINY = dict(layers=(1, 2), widths=(2, 4), stem_chs=(2, 3, 4))  # 2 stages, 3 blocks: a few hundred params
 
@@ -178,24 +179,31 @@ def _foreign(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"net.{i}.p": v.clone() for i, (k, v) in enumerate(sd.items()) if "num_batches" not in k}
 
 
-def test_filter_passes_our_names_and_unwraps() -> None:
+def test_filter_passes_our_names_and_loader_unwraps(tmp_path: Path) -> None:
+    """The filter is key mapping only; wrappers are timm's loader's: EMA chosen, ``module.`` stripped, nested."""
     source, target = _randomize_stats(_tiny(), seed=1), _tiny()
     sd = source.state_dict()
+    out = checkpoint_filter_fn(sd | {"n_averaged": torch.tensor(7)}, target)
+    assert set(out) == set(sd)
+    assert all(out[k] is sd[k] for k in sd)  # our names, returned as is
     ckpt = {
         "model": {"module." + k: torch.zeros_like(v) for k, v in sd.items()},
         "model_ema": {"module." + k: v for k, v in sd.items()} | {"n_averaged": torch.tensor(7)},
         "epoch": 3,
     }
-    out = checkpoint_filter_fn(ckpt, target)
-    assert set(out) == set(sd)
-    assert all(out[k] is sd[k] for k in sd)  # EMA chosen, returned as is
-    nested = checkpoint_filter_fn({"state_dict": {"model": sd}}, target)
-    assert all(nested[k] is sd[k] for k in sd)
+    for i, wrapped in enumerate((ckpt, {"state_dict": {"model": sd}})):
+        path = tmp_path / f"wrapped{i}.pth"
+        torch.save(wrapped, path)
+        model = _tiny()
+        load_weights(model, path, checkpoint_filter_fn)
+        loaded = model.state_dict()
+        assert set(loaded) == set(sd)
+        assert all(torch.equal(loaded[k], sd[k]) for k in sd)  # EMA chosen (the raw model is all zeros)
 
 
 def test_filter_maps_renamed_keys_in_order() -> None:
     source, target = _randomize_stats(_tiny(), seed=2), _tiny()
-    out = checkpoint_filter_fn({"state_dict": _foreign(source.state_dict())}, target)
+    out = checkpoint_filter_fn(_foreign(source.state_dict()), target)  # timm's loader unwraps, see above
     target.load_state_dict(out, strict=True)
     x = torch.randn(1, 3, 19, 19)
     with torch.no_grad():
