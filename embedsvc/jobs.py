@@ -27,6 +27,7 @@ from embedsvc.embedder import Embedder
 from embedsvc.manifest import incompatibilities
 from embedsvc.search import ModelNotLoadedError, StoreHolder, UnknownModelError
 from embedsvc.store import StoreUnavailableError
+from embedsvc.store.naming import check_index_name
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ class JobManager:
         prune: bool = False,
         models: Sequence[str] | None = None,
     ) -> Job:
+        check_index_name(index)  # the name becomes collection and report names: refuse it before any work
         folder = check_root(root, self.settings.allowed_roots)
         chosen = self._choose_models(index, models)
         self._check_same_root(index, folder)

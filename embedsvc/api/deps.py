@@ -14,6 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from embedsvc.api.errors import UnauthorizedError
 from embedsvc.core.config import Settings
@@ -77,8 +78,8 @@ _bearer = HTTPBearer(auto_error=False, description="EMBEDSVC_API_TOKEN, when the
 
 def _check_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> None:
     """401 unless the request carries the configured token (no token configured: open)."""
-    settings: Settings = request.app.state.settings
-    expected = settings.api_token.get_secret_value()
+    token = request.app.state.settings.api_token
+    expected = token.get_secret_value() if isinstance(token, SecretStr) else str(token or "")
     if not expected:
         return
     sent = credentials.credentials if credentials is not None else ""

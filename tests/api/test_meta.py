@@ -17,7 +17,9 @@ def test_indexes_list_and_detail(client: TestClient, api_env: ApiEnv) -> None:
         assert model["row_count"] == len(api_env.rel_paths)
         assert model["loaded"] is True and model["compatible"] is True
         manifest = model["manifest"]
-        assert manifest["dataset_root"] == str(api_env.dataset)
+        # Outside the allowed roots and the data dir: only the folder's name, never the server path.
+        assert manifest["dataset_root"] == api_env.dataset.name
+        assert str(api_env.dataset.parent) not in str(listing)
         assert manifest["label_names"] == LABELS
         assert manifest["dim"] == api_env.embedders[model["model_key"]].dim
     detail = client.get(f"/indexes/{INDEX}").json()

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from embedsvc.api.deps import INT64_MAX, EmbeddersDep, EngineDep, IndexPath, SettingsDep, StoreDep
+from embedsvc.api.deps import INT64_MAX, EmbeddersDep, EngineDep, IndexPath, SettingsDep, StoreDep, public_path
 from embedsvc.api.routes.search import image_url, thumbnail_url
 from embedsvc.api.schemas import (
     ImagePage,
@@ -20,6 +20,7 @@ from embedsvc.api.schemas import (
     RandomImages,
     error_responses,
 )
+from embedsvc.core.config import Settings
 from embedsvc.embedder import Embedder
 from embedsvc.manifest import incompatibilities
 
@@ -40,7 +41,10 @@ def _row_count(manifest: Mapping[str, Any]) -> int | None:
     return None
 
 
-def index_info(name: str, manifests: Mapping[str, Mapping[str, Any]], embedders: Mapping[str, Embedder]) -> IndexInfo:
+def index_info(
+    name: str, manifests: Mapping[str, Mapping[str, Any]], embedders: Mapping[str, Embedder], settings: Settings
+) -> IndexInfo:
+    """An index as clients see it: its manifests with ``dataset_root`` relative to where it came from."""
     models = []
     for key, manifest in manifests.items():
         embedder = embedders.get(key)
@@ -50,7 +54,7 @@ def index_info(name: str, manifests: Mapping[str, Mapping[str, Any]], embedders:
                 row_count=_row_count(manifest),
                 loaded=embedder is not None,
                 compatible=None if embedder is None else not incompatibilities(manifest, embedder.manifest()),
-                manifest=dict(manifest),
+                manifest=dict(manifest) | {"dataset_root": public_path(manifest.get("dataset_root"), settings)},
             )
         )
     counts = [m.row_count for m in models if m.row_count is not None]
@@ -60,16 +64,18 @@ def index_info(name: str, manifests: Mapping[str, Mapping[str, Any]], embedders:
 @router.get("", response_model=IndexList, summary="Every index", responses=error_responses(503))
 async def list_indexes(store: StoreDep, embedders: EmbeddersDep, settings: SettingsDep) -> IndexList:
     listing = await run_in_threadpool(store.call, lambda s: s.list_indexes())
-    data = [index_info(name, manifests, embedders) for name, manifests in listing.items()]
+    data = [index_info(name, manifests, embedders, settings) for name, manifests in listing.items()]
     return IndexList(data=data, count=len(data), max_k=settings.max_k)
 
 
 @router.get("/{name}", response_model=IndexInfo, summary="One index", responses=error_responses(404, 422, 503))
-def get_index(name: IndexPath, engine: EngineDep, store: StoreDep, embedders: EmbeddersDep) -> IndexInfo:
+def get_index(
+    name: IndexPath, engine: EngineDep, store: StoreDep, embedders: EmbeddersDep, settings: SettingsDep
+) -> IndexInfo:
     manifests = engine.index_manifests(name)
     for key, manifest in manifests.items():
         manifest["live_row_count"] = store.call(lambda s, key=key: s.count(name, key))
-    return index_info(name, manifests, embedders)
+    return index_info(name, manifests, embedders, settings)
 
 
 def image_rows(request: Request, index: str, rows: list[dict[str, Any]], thumb_size: int) -> list[ImageRow]:
