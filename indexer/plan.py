@@ -12,11 +12,11 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from embedsvc.embedder import Embedder
 from embedsvc.indexer.datasets import DatasetSource, Item
+from embedsvc.manifest import incompatibilities
 from embedsvc.store import Store, row_id
 from embedsvc.store.naming import check_index_name
 
@@ -125,14 +125,10 @@ def _merge_labels(source: DatasetSource, stored: list[str] | None) -> list[str] 
 
 def _check_compatible(index_name: str, key: str, stored: Mapping[str, Any], source: DatasetSource) -> None:
     """Same index name, different dataset: refuse rather than mix rows whose paths mean different files."""
-    kind, root = stored.get("index_kind"), stored.get("dataset_root")
-    if kind and kind != source.kind:
+    problems = incompatibilities(stored, {"index_kind": source.kind, "dataset_root": str(source.root)})
+    if problems:
         raise IndexerError(
-            f"index {index_name!r} ({key}) holds a {kind} dataset, not {source.kind}: use another --name"
-        )
-    if root and Path(root) != Path(source.root):
-        raise IndexerError(
-            f"index {index_name!r} ({key}) was built from {root}, not {source.root}: use another --name"
+            f"index {index_name!r} ({key}) was built from another dataset ({'; '.join(problems)}): use another --name"
         )
 
 

@@ -222,6 +222,27 @@ class SearchEngine:
         counts = self.store.call(lambda s: [s.count(index, key) for key in keys])
         return keys[max(range(len(keys)), key=lambda i: (counts[i], -i))]
 
+    def find_row(self, index: str, row_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(row, manifest of the model holding it) for an indexed id; QueryNotFoundError when no model has it.
+
+        The one rule for "does this id exist": any of the index's collections holds it (tried in
+        manifest order). Every id that ``list_images``/``random_images`` return is held by the listing
+        model, so it always resolves here, also when other models lack the row (e.g. a model added later).
+        """
+        manifests = self.index_manifests(index)
+
+        def lookup(store: Store) -> tuple[dict[str, Any], dict[str, Any]] | None:
+            for key, manifest in manifests.items():
+                rows = store.get_rows(index, key, [row_id])
+                if rows:
+                    return rows[0], manifest
+            return None
+
+        found = self.store.call(lookup)
+        if found is None:
+            raise QueryNotFoundError(f"no image with id {row_id} in index {index!r}")
+        return found
+
     def list_images(
         self, index: str, *, offset: int = 0, limit: int = 50, label: int | str | None = None
     ) -> RowListing:

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
-from embedsvc.api.deps import EngineDep, IndexPath, RowIdPath, SettingsDep, StoreDep, ThumbnailsDep
-from embedsvc.api.errors import BadThumbnailSizeError, ImageUnavailableError, UnknownIdError
+from embedsvc.api.deps import EngineDep, IndexPath, RowIdPath, SettingsDep, ThumbnailsDep
+from embedsvc.api.errors import BadThumbnailSizeError, ImageUnavailableError
 from embedsvc.api.schemas import error_responses
 from embedsvc.images import ImageDecodeError
 from embedsvc.paths import resolve_rel_path
@@ -35,14 +35,9 @@ _IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def resolve_image(engine: Any, store: Any, index: str, row_id: int) -> tuple[FsPath, dict[str, Any]]:
+def resolve_image(engine: Any, index: str, row_id: int) -> tuple[FsPath, dict[str, Any]]:
     """(file path inside the dataset root, row) for an id; a 404 (unknown_id, image_unavailable) otherwise."""
-    manifests = engine.index_manifests(index)  # IndexNotFoundError -> 404
-    model_key, manifest = next(iter(manifests.items()))
-    rows = store.call(lambda s: s.get_rows(index, model_key, [row_id]))
-    if not rows:
-        raise UnknownIdError(f"no image with id {row_id} in index {index!r}")
-    row = rows[0]
+    row, manifest = engine.find_row(index, row_id)  # the search core's rule; 404 unknown_index / unknown_id
     root_text = manifest.get("dataset_root")
     if not root_text:
         raise ImageUnavailableError(f"index {index!r} does not record where its images are")
@@ -67,8 +62,8 @@ def _media_type(path: FsPath) -> str:
     response_class=FileResponse,
     responses={**_IMAGE_RESPONSE, **error_responses(404, 422, 503)},
 )
-def get_image(index: IndexPath, row_id: RowIdPath, engine: EngineDep, store: StoreDep) -> FileResponse:
-    path, _ = resolve_image(engine, store, index, row_id)
+def get_image(index: IndexPath, row_id: RowIdPath, engine: EngineDep) -> FileResponse:
+    path, _ = resolve_image(engine, index, row_id)
     return FileResponse(path, media_type=_media_type(path), headers=_HEADERS)
 
 
@@ -82,7 +77,6 @@ def get_thumbnail(
     index: IndexPath,
     row_id: RowIdPath,
     engine: EngineDep,
-    store: StoreDep,
     thumbnails: ThumbnailsDep,
     settings: SettingsDep,
     size: Annotated[int | None, Query(ge=1, le=4096, description="Longest side; one of the configured sizes.")] = None,
@@ -91,7 +85,7 @@ def get_thumbnail(
     size = sizes[0] if size is None else size
     if size not in sizes:
         raise BadThumbnailSizeError(f"size must be one of {', '.join(map(str, sizes))}, got {size}")
-    path, row = resolve_image(engine, store, index, row_id)
+    path, row = resolve_image(engine, index, row_id)
     try:
         thumb = thumbnails.get(
             path, size=size, content_hash=row.get("content_hash") or None, index=index, row_id=row_id
