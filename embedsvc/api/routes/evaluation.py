@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from cachetools import LRUCache
 from fastapi import APIRouter, Depends, Query, Request
 
 from embedsvc.api.deps import IndexPath, SettingsDep, StoreDep
@@ -34,16 +34,15 @@ class EvalCache:
     def __init__(self, max_entries: int = 32) -> None:
         self.max_entries = max_entries
         self.computations = 0  # how many evaluations actually ran (tests read it)
-        self._entries: OrderedDict[CacheKey, tuple[Any, dict[str, Any]]] = OrderedDict()
+        self._entries: LRUCache[CacheKey, tuple[Any, dict[str, Any]]] = LRUCache(maxsize=max_entries)
         self._lock = threading.Lock()
         self._compute_lock = threading.Lock()
 
     def _lookup(self, key: CacheKey, version: Any) -> dict[str, Any] | None:
         with self._lock:
-            hit = self._entries.get(key)
+            hit = self._entries.get(key)  # a hit counts as a use: LRUCache keeps it longest
             if hit is None or hit[0] != version:
                 return None
-            self._entries.move_to_end(key)
             return hit[1]
 
     def get_or_compute(
@@ -61,9 +60,6 @@ class EvalCache:
             self.computations += 1
             with self._lock:
                 self._entries[key] = (_as_version(result["version"]), result)
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
             return result, False
 
 
