@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from embedsvc.core.config import get_settings
 from embedsvc.embedder import Embedder, load_embedder
 from tests.support import make_settings
 
@@ -27,3 +29,16 @@ def two_embedders(session_settings) -> dict[str, Embedder]:
 def settings(tmp_path: Path):
     """Per-test settings: a private data dir (Lite file, reports)."""
     return make_settings(tmp_path)
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Offline, 64 px models, no inherited Milvus URI; applied to this process (CliRunner) and subprocesses."""
+    for var in ("MILVUS_URI", "EMBEDSVC_MILVUS_URI", "EMBEDSVC_MODELS", "EMBEDSVC_NORMALIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("EMBEDSVC_OFFLINE", "1")
+    monkeypatch.setenv("EMBEDSVC_INPUT_SIZE", "64")
+    monkeypatch.setenv("COLUMNS", "200")
+    get_settings.cache_clear()
+    yield dict(os.environ)
+    get_settings.cache_clear()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,19 +19,6 @@ from embedsvc.store import Store
 from tests.support import REPO, write_images
 
 MODEL_FLAGS = ["-m", "convnext_tiny", "-m", "deit3_small", "--allow-random-weights", "--device", "cpu"]
-
-
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Offline, 64 px models, no inherited Milvus URI; applied to this process (CliRunner) and subprocesses."""
-    for var in ("MILVUS_URI", "EMBEDSVC_MILVUS_URI", "EMBEDSVC_MODELS", "EMBEDSVC_NORMALIZE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("EMBEDSVC_OFFLINE", "1")
-    monkeypatch.setenv("EMBEDSVC_INPUT_SIZE", "64")
-    monkeypatch.setenv("COLUMNS", "200")
-    get_settings.cache_clear()
-    yield dict(os.environ)
-    get_settings.cache_clear()
 
 
 def invoke(args: list[str]):
