@@ -92,7 +92,7 @@ def error_line(exc: BaseException) -> tuple[str, int]:
         return "interrupted", EXIT_INTERRUPTED
     if isinstance(exc, EmbedsvcError):
         return _one_line(exc.message), EXIT_ERROR
-    if _is_store_error(exc):  # the store's errors carry a message written for the user
+    if _is_own_error(exc):  # embedsvc's own error classes carry a message written for the user
         return _one_line(str(exc)), EXIT_ERROR
     if isinstance(exc, ValidationError):
         return _one_line(_validation_line(exc)), EXIT_ERROR
@@ -106,9 +106,9 @@ def error_line(exc: BaseException) -> tuple[str, int]:
     return f"internal error: {type(exc).__name__}: {detail} (run with --debug for the traceback)", EXIT_ERROR
 
 
-def _is_store_error(exc: BaseException) -> bool:
-    store_errors = sys.modules.get("embedsvc.store.errors")  # never import the engine just to classify
-    return store_errors is not None and isinstance(exc, store_errors.StoreError)
+def _is_own_error(exc: BaseException) -> bool:
+    """Raised on purpose by embedsvc (a class defined in its modules) though not yet an EmbedsvcError."""
+    return any(cls.__module__.startswith("embedsvc.") for cls in type(exc).__mro__[:-2])
 
 
 def report_error(exc: BaseException, *, debug: bool) -> int:
@@ -122,6 +122,16 @@ def report_error(exc: BaseException, *, debug: bool) -> int:
     sys.stderr.write(f"error: {line}\n")
     sys.stderr.flush()
     return code
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    """The ``typer.Exit`` a command raises after printing its own ``error:`` line; under --debug the
+    exception being handled (if any) is printed first, as the wrapper would."""
+    if debug_requested() and sys.exc_info()[1] is not None:
+        traceback.print_exc(file=sys.stderr)
+    sys.stderr.write(f"error: {_one_line(message)}\n")
+    sys.stderr.flush()
+    return typer.Exit(code)
 
 
 class ErrorLineGroup(TyperGroup):

@@ -7,6 +7,7 @@ models serialise their own forward passes.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 from pathlib import Path
@@ -18,6 +19,17 @@ from embedsvc.cli_common import ALLOW_RANDOM, DATA_DIR, DEVICE, MILVUS_URI, MODE
 from embedsvc.core.config import Settings
 
 log = logging.getLogger(__name__)
+
+
+class LogLevel(enum.StrEnum):
+    """uvicorn's log levels (anything else would fail deep inside uvicorn)."""
+
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+    trace = "trace"
 
 
 def serve_settings(
@@ -74,7 +86,9 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         host: Annotated[str | None, typer.Option("--host", help="Bind address (default: settings, 127.0.0.1).")] = None,
-        port: Annotated[int | None, typer.Option("--port", help="Port (default: settings, 8000).")] = None,
+        port: Annotated[
+            int | None, typer.Option("--port", min=1, max=65535, help="Port (default: settings, 8000).")
+        ] = None,
         milvus_uri: MILVUS_URI = None,
         data_dir: DATA_DIR = None,
         models: MODELS = None,
@@ -83,19 +97,24 @@ def register(app: typer.Typer) -> None:
         allow_random_weights: ALLOW_RANDOM = False,
         allowed_root: Annotated[
             list[Path] | None,
-            typer.Option("--allowed-root", help="Folder the API may bulk-index (repeatable). None: jobs disabled."),
+            typer.Option(
+                "--allowed-root",
+                exists=True,
+                file_okay=False,
+                help="Folder the API may bulk-index (repeatable). None: jobs disabled.",
+            ),
         ] = None,
         cors_origin: Annotated[
             list[str] | None,
             typer.Option("--cors-origin", help="Origin allowed to call the API from a browser (repeatable)."),
         ] = None,
         input_size: Annotated[
-            int | None, typer.Option("--input-size", help="Override every model's input size (tests, demos).")
+            int | None, typer.Option("--input-size", min=16, help="Override every model's input size (tests, demos).")
         ] = None,
         torch_threads: Annotated[
             int, typer.Option("--torch-threads", help="Intra-op threads for CPU forwards; 0: torch's default.")
         ] = 0,
-        log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+        log_level: Annotated[LogLevel, typer.Option("--log-level", help="uvicorn log level.")] = LogLevel.info,
     ) -> None:
         """Serve the search API (POST /search, /images, /indexes, /models, /health, /ready, /metrics)."""
         import uvicorn
@@ -128,7 +147,7 @@ def register(app: typer.Typer) -> None:
             host=settings.host,
             port=settings.port,
             workers=1,
-            log_level=log_level,
+            log_level=log_level.value,
             proxy_headers=False,
             server_header=False,
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from embedsvc.images import decode_image
+from embedsvc.store.errors import disk_full_as_error
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class ThumbnailCache:
     def get(self, source: Path, *, size: int, content_hash: str | None, index: str, row_id: int) -> Path:
         """Path of the cached JPEG thumbnail (longest side ``size``), rendering it on first use.
 
-        Raises ImageDecodeError when the source cannot be decoded and OSError when it cannot be read.
+        Raises ImageDecodeError when the source cannot be decoded, OSError when it cannot be read, and
+        DiskFullError (507) when the cache cannot be written for lack of space.
         """
         target = self.cache_path(size=size, content_hash=content_hash, index=index, row_id=row_id)
         if target.is_file():
@@ -47,14 +49,15 @@ class ThumbnailCache:
         decoded = decode_image(source, name=source.name, max_pixels=self.max_pixels)
         image = decoded.image.copy()
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".jpg")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                image.save(fh, "JPEG", quality=self.quality, optimize=True)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with disk_full_as_error(self.root, "writing a thumbnail"):  # not "cannot be decoded": say the disk is full
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".jpg")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    image.save(fh, "JPEG", quality=self.quality, optimize=True)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         log.debug("thumbnail %s -> %s", source, target)
         return target

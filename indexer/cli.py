@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from embedsvc.cli_common import ALLOW_RANDOM, DATA_DIR, DEVICE, MILVUS_URI, MODELS, WEIGHTS, apply_overrides
+from embedsvc.cli_common import ALLOW_RANDOM, DATA_DIR, DEVICE, MILVUS_URI, MODELS, WEIGHTS, apply_overrides, fail
 from embedsvc.core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,7 @@ def default_workers(settings: Settings) -> int:
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
+    return fail(message, code)
 
 
 @contextmanager
@@ -96,6 +95,7 @@ def _run(
     workers: int | None,
     prune: bool,
     strict: bool,
+    labels_file: Path | None = None,
 ) -> None:
     from embedsvc.embedder import load_embedders
     from embedsvc.indexer.datasets import DatasetError
@@ -103,9 +103,13 @@ def _run(
     from embedsvc.indexer.runner import IndexerError, StrictModeError, run_index
     from embedsvc.models.weights import WeightsNotFoundError
     from embedsvc.store import DatabaseInUseError, ManifestMismatchError, Store, StoreError
+    from embedsvc.store.errors import disk_full_as_error
 
     try:
         source = make_source()
+    except UnicodeDecodeError as exc:  # the only text the listing reads is the labels file
+        where = f"labels file {labels_file}" if labels_file else "a labels file"
+        raise _fail(f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
     except (DatasetError, OSError) as exc:
         raise _fail(str(exc)) from None
     if not source.items:  # type: ignore[attr-defined]
@@ -124,7 +128,11 @@ def _run(
             raise _fail(str(exc).strip("'\"")) from None
         labels = {k: f"{k} (untrained)" if e.untrained else k for k, e in embedders.items()}
         try:
-            with _stop_on_signals(stop), ProgressReporter(f"index {index_name}") as progress:
+            with (
+                _stop_on_signals(stop),
+                ProgressReporter(f"index {index_name}") as progress,
+                disk_full_as_error(settings.data_dir, f"indexing {index_name}"),  # the failures report
+            ):
                 summary = run_index(
                     source,  # type: ignore[arg-type]
                     index_name=index_name,
@@ -160,7 +168,10 @@ def folder_cmd(
     labels_from_dirs: Annotated[
         bool, typer.Option("--labels-from-dirs", help="Label = first-level sub-folder name.")
     ] = False,
-    labels_csv: Annotated[Path | None, typer.Option("--labels-csv", help="CSV of path,label (relative paths).")] = None,
+    labels_csv: Annotated[
+        Path | None,
+        typer.Option("--labels-csv", exists=True, dir_okay=False, help="CSV of path,label (relative paths)."),
+    ] = None,
     prune: PRUNE = False,
     strict: STRICT = False,
     limit: LIMIT = None,
@@ -195,6 +206,7 @@ def folder_cmd(
         workers=workers,
         prune=prune,
         strict=strict,
+        labels_file=labels_csv,
     )
 
 
@@ -203,10 +215,16 @@ def imagenet_val_cmd(
     root: Annotated[Path, typer.Argument(help="ImageNet val: flat ILSVRC2012_val_*.JPEG or one folder per synset.")],
     labels: Annotated[
         Path | None,
-        typer.Option("--labels", help="LOC_val_solution.csv, or the devkit's ILSVRC2012_validation_ground_truth.txt."),
+        typer.Option(
+            "--labels",
+            exists=True,
+            dir_okay=False,
+            help="LOC_val_solution.csv, or the devkit's ILSVRC2012_validation_ground_truth.txt.",
+        ),
     ] = None,
     devkit: Annotated[
-        Path | None, typer.Option("--devkit", help="ILSVRC2012_devkit_t12 folder (ground truth + meta.mat).")
+        Path | None,
+        typer.Option("--devkit", exists=True, file_okay=False, help="ILSVRC2012_devkit_t12 (ground truth, meta.mat)."),
     ] = None,
     classes: Annotated[
         list[str] | None,
@@ -245,4 +263,5 @@ def imagenet_val_cmd(
         workers=workers,
         prune=prune,
         strict=strict,
+        labels_file=labels,
     )

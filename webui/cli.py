@@ -68,11 +68,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("ui")
     def ui_cmd(
-        port: Annotated[int, typer.Option("--port", help="Port the page is served on.")] = 8501,
+        port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port the page is served on.")] = 8501,
         host: Annotated[str, typer.Option("--host", help="Address the page listens on.")] = "127.0.0.1",
         api_url: Annotated[
             str | None, typer.Option("--api-url", help="Base URL of the embedsvc API. Default: settings' api_url.")
         ] = None,
     ) -> None:
         """Serve the side-by-side comparison page (Streamlit) for a running `embedsvc serve`."""
-        run_ui(port=port, host=host, api_url=api_url or get_settings().api_url)
+        url = api_url or get_settings().api_url
+        if not url.startswith(("http://", "https://")):
+            raise typer.BadParameter(f"expects http(s)://host:port, got {url!r}", param_hint="--api-url")
+        run_ui(port=port, host=host, api_url=url)

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from embedsvc.cli_common import DATA_DIR, DEVICE, MILVUS_URI, MODELS, apply_overrides
+from embedsvc.cli_common import DATA_DIR, DEVICE, MILVUS_URI, MODELS, apply_overrides, fail
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,7 @@ def _parse_k_list(value: str) -> list[int]:
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(EXIT_ERROR)
+    return fail(message, EXIT_ERROR)
 
 
 def eval_cmd(
@@ -69,6 +68,7 @@ def eval_cmd(
     from embedsvc.evaluation import report
     from embedsvc.evaluation.runner import evaluate_index
     from embedsvc.store import IndexNotFoundError, Store, StoreError
+    from embedsvc.store.errors import disk_full_as_error
 
     ks = _parse_k_list(k_list)
     settings = apply_overrides(device=device, milvus_uri=milvus_uri, data_dir=data_dir)
@@ -118,7 +118,8 @@ def eval_cmd(
     args += ["--chance-seed", str(chance_seed)] if chance_seed else []
     args += ["--data-dir", str(data_dir)] if data_dir else []
     args += ["--milvus-uri", milvus_uri] if milvus_uri else []
-    paths = report.write_report(ev.summary, ev.per_query, out_dir, command=shlex.join(args))
+    with disk_full_as_error(out_dir, "writing the evaluation report"):
+        paths = report.write_report(ev.summary, ev.per_query, out_dir, command=shlex.join(args))
     report.print_summary(ev.summary, Console())
     if update_doc is not None:
         try:

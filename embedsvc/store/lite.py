@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import socket
+import struct
 import threading
 import time
 import warnings
@@ -30,7 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from embedsvc.store.errors import DatabaseInUseError, StoreError
+import psutil
+
+from embedsvc.store.errors import (
+    DatabaseInUseError,
+    DiskFullError,
+    StoreError,
+    disk_full_as_error,
+    free_bytes,
+    is_disk_full,
+)
 from embedsvc.store.naming import now_iso
 
 log = logging.getLogger(__name__)
@@ -49,38 +60,28 @@ def check_lite_path(uri: str) -> Path:
     return db
 
 
-def _proc_start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot, to tell a live owner from a reused pid."""
+def _proc_start_time(pid: int) -> float | None:
+    """When ``pid`` started (seconds since the epoch), to tell a live owner from a reused pid."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm (field 2) may contain spaces/parens: split after the last ')'. starttime is field 22.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
         return None
 
 
 def _proc_command(pid: int) -> str:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        parts = psutil.Process(pid).cmdline()
+    except (psutil.Error, OSError):
         return "?"
-    return " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)[:300] or "?"
+    return " ".join(parts)[:300] or "?"
 
 
-def _pid_alive(pid: int, start_ticks: int | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _pid_alive(pid: int, started: float | None) -> bool:
+    if not psutil.pid_exists(pid):
         return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    if start_ticks is not None:
-        current = _proc_start_ticks(pid)
-        if current is not None and current != start_ticks:
+    if started is not None:
+        current = _proc_start_time(pid)
+        if current is not None and abs(current - started) > 0.05:
             return False  # the pid was reused by another process
     return True
 
@@ -106,28 +107,54 @@ def _read_owner(db: Path) -> dict[str, Any] | None:
         return None
     if info.get("host") not in (None, socket.gethostname()):
         return info  # cannot check a pid on another host: assume it is alive
-    if not _pid_alive(pid, info.get("pid_start")):
+    if not _pid_alive(pid, info.get("pid_started")):
         log.info("Ignoring stale Milvus Lite owner file %s (pid %d is gone)", path, pid)
         return None
     return info
 
 
 def _lock_holders(db: Path) -> list[int]:
-    """Pids holding milvus_lite's lock on ``db`` per /proc/locks (for processes without an owner file)."""
+    """The pid holding milvus_lite's ``lockf`` lock on ``db`` (for processes without an owner file).
+
+    Asked of the kernel with ``F_GETLK`` (POSIX record locks, what ``fcntl.lockf`` takes): no parsing.
+    """
     try:
-        st = os.stat(_lock_file(db))
-        lines = Path("/proc/locks").read_text().splitlines()
+        fd = os.open(_lock_file(db), os.O_RDWR)
     except OSError:
         return []
-    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    pids: list[int] = []
-    for line in lines:
-        parts = line.split()
-        if "->" in parts:  # a waiter, not a holder
-            continue
-        if len(parts) >= 6 and parts[5] == key and parts[4].isdigit():
-            pids.append(int(parts[4]))
-    return sorted(set(pids))
+    try:
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)  # struct flock, Linux x86-64/arm64
+        l_type, _, _, _, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    return [pid] if l_type != fcntl.F_UNLCK and pid > 0 else []
+
+
+#: Room a write needs beyond its payload (SQLite pages, its journal, the owner file).
+WRITE_MARGIN_BYTES = 1 << 20
+
+
+def ensure_free_space(db: Path, payload_bytes: int, what: str) -> None:
+    """Raise ``DiskFullError`` unless ``db``'s directory has room for a write of ``payload_bytes``.
+
+    Why check rather than wait for an error: Milvus Lite 2.5.1 acknowledges an insert that its SQLite
+    file could not store ("database or disk is full" appears in its own log only); the rows stay
+    searchable until the server restarts, then they are gone (measured on a 3 MB tmpfs). The store
+    calls this before each write (payload twice over plus a margin) and after it (the margin only:
+    less means the write itself may not have reached the disk).
+    """
+    free = free_bytes(db.parent)
+    if free is not None and free < payload_bytes + WRITE_MARGIN_BYTES:
+        raise DiskFullError(db.parent, what, log_detail=f"{free} bytes free, {payload_bytes} needed for {db.name}")
+
+
+def failed_for_lack_of_space(db: Path, exc: BaseException) -> bool:
+    """Whether a failed call on ``db`` is explained by a full disk: the error says so, or the directory is
+    (nearly) out of room (Lite's own errors then read "internal error" or "unavailable")."""
+    free = free_bytes(db.parent)
+    return is_disk_full(exc) or (free is not None and free < WRITE_MARGIN_BYTES)
 
 
 def describe_owner(info: dict[str, Any]) -> str:
@@ -156,7 +183,7 @@ def _write_owner(db: Path, uri: str, owner: str, share: bool) -> None:
     pid = os.getpid()
     info = {
         "pid": pid,
-        "pid_start": _proc_start_ticks(pid),
+        "pid_started": _proc_start_time(pid),
         "host": socket.gethostname(),
         "owner": owner,
         "command": _proc_command(pid),
@@ -167,8 +194,13 @@ def _write_owner(db: Path, uri: str, owner: str, share: bool) -> None:
     }
     path = _owner_file(db)
     tmp = path.with_name(f".{path.name}.{pid}.tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, path)  # atomic: readers never see half a file
+    try:
+        with disk_full_as_error(db.parent, "opening the Milvus Lite database"):
+            tmp.write_text(json.dumps(info, indent=1))
+            os.replace(tmp, path)  # atomic: readers never see half a file
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _remove_owner_file(db: Path) -> None:
@@ -256,8 +288,12 @@ def open_lite(
             server = _start_lite_server(db)
             if server is not None:
                 uri = server.uds_path
+                try:
+                    _write_owner(db, uri, owner, share)
+                except BaseException:  # e.g. disk full: stop the server we started, keep the error
+                    server.stop()
+                    raise
                 _owned[db] = _LiteHandle(db=db, uri=uri, refs=1, pid=os.getpid(), server=server)
-                _write_owner(db, uri, owner, share)
                 log.info("Started Milvus Lite server for %s at %s (owner %s)", db, uri, owner)
                 return uri, "owner", None
         if time.monotonic() >= deadline:
@@ -300,4 +336,4 @@ def _join_owner(db: Path, info: dict[str, Any]) -> str:
 def owner_gone(info: dict[str, Any]) -> bool:
     """Whether the owner a guest joined (``info`` from its owner file) went away: socket gone or pid dead."""
     sock = str(info.get("uri", "")).removeprefix("unix:")
-    return not Path(sock).exists() or not _pid_alive(int(info["pid"]), info.get("pid_start"))
+    return not Path(sock).exists() or not _pid_alive(int(info["pid"]), info.get("pid_started"))

@@ -51,6 +51,7 @@ from embedsvc.results import Neighbour
 from embedsvc.store import naming
 from embedsvc.store.errors import (
     DimensionMismatchError,
+    DiskFullError,
     IndexNotFoundError,
     ManifestMismatchError,
     StoreError,
@@ -59,7 +60,15 @@ from embedsvc.store.errors import (
     is_not_found,
     is_unavailable,
 )
-from embedsvc.store.lite import check_lite_path, describe_owner, open_lite, owner_gone, release_lite
+from embedsvc.store.lite import (
+    check_lite_path,
+    describe_owner,
+    ensure_free_space,
+    failed_for_lack_of_space,
+    open_lite,
+    owner_gone,
+    release_lite,
+)
 from embedsvc.store.rows import MAXLEN, OUTPUT_FIELDS, batches, check_dim, clean_row
 
 if TYPE_CHECKING:
@@ -227,6 +236,8 @@ class Store:
             except StoreError:
                 raise
             except Exception as exc:
+                if self._db is not None and failed_for_lack_of_space(self._db, exc):
+                    raise DiskFullError(self._db.parent, what, log_detail=error_message(exc)) from exc
                 if is_not_found(exc):
                     self._manifest_cache.clear()  # dropped behind our back: forget what we knew
                     self._loaded.clear()
@@ -464,11 +475,13 @@ class Store:
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate ids within one upsert call")
         for batch in batches(clean):
+            if self._db is not None:  # Lite acknowledges writes it cannot store: check the room first
+                ensure_free_space(self._db, 2 * len(batch) * (4 * int(manifest["dim"]) + 1024), f"writing {name}")
             self._call(f"upserting into {name}", lambda c, b=batch, **kw: c.upsert(name, b, **kw))
+            if self._db is not None:  # ...and after: less than the margin left, the write may not have landed
+                ensure_free_space(self._db, 0, f"writing {name}")
 
     def _iterate(self, name: str, output_fields: list[str], batch_size: int = _ITER_BATCH) -> Iterator[dict[str, Any]]:
-        # pymilvus warns on every iterator that Lite has no mvcc timestamp; the client-side one is fine here.
-        logging.getLogger("pymilvus.orm.iterator").setLevel(logging.ERROR)
         it = self._call(
             f"reading {name}",
             lambda c, **kw: c.query_iterator(name, batch_size=batch_size, filter="", output_fields=output_fields, **kw),

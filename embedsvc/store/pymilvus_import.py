@@ -6,11 +6,18 @@ Why: pymilvus' ORM ``connections`` module parses ``MILVUS_URI`` when pymilvus is
 settings only (``Settings.milvus_uri``) and never uses the ORM's default connection, so the variable is
 hidden from pymilvus for the duration of its first import. Every embedsvc module that needs pymilvus
 imports it through here first (the store does, in ``Store._connect``).
+
+The same first import quiets two of pymilvus' own log lines that carry nothing for embedsvc's users,
+in every process that uses the store: the iterators' "failed to get mvccTs from milvus server" warning
+(Milvus Lite has no MVCC timestamp; the client-side one is right) on every collection, and the RPC
+decorator's error records with a full traceback, which the store re-raises as one ``StoreError`` line
+anyway (``EMBEDSVC_DEBUG=1`` keeps them).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import threading
@@ -18,17 +25,36 @@ from types import ModuleType
 
 _ENV = "MILVUS_URI"
 _lock = threading.Lock()
+_ITERATOR_LOGGERS = ("pymilvus.client.iterator.query_iterator", "pymilvus.client.iterator.search_iterator")
+_RPC_LOGGER = "pymilvus.decorators"
+
+
+def _not_mvcc_ts(record: logging.LogRecord) -> bool:
+    return "mvccTs" not in record.getMessage()
+
+
+def quiet_pymilvus_logs() -> None:
+    """Drop the mvccTs warnings and (unless EMBEDSVC_DEBUG) the RPC tracebacks; idempotent."""
+    for name in _ITERATOR_LOGGERS:
+        logger = logging.getLogger(name)
+        if _not_mvcc_ts not in logger.filters:
+            logger.addFilter(_not_mvcc_ts)
+    if os.environ.get("EMBEDSVC_DEBUG", "").strip().lower() not in ("1", "true", "yes", "on"):
+        logging.getLogger(_RPC_LOGGER).setLevel(logging.CRITICAL)
 
 
 def import_pymilvus() -> ModuleType:
     """The pymilvus module, imported (once) with ``MILVUS_URI`` out of its sight."""
     module = sys.modules.get("pymilvus")
     if module is not None:
+        quiet_pymilvus_logs()  # imported elsewhere first (a test, a plugin): still one place for the quieting
         return module
     with _lock:
         saved = os.environ.pop(_ENV, None)
         try:
-            return importlib.import_module("pymilvus")
+            module = importlib.import_module("pymilvus")
         finally:
             if saved is not None:
                 os.environ[_ENV] = saved
+        quiet_pymilvus_logs()
+        return module
