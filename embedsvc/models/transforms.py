@@ -22,10 +22,8 @@ def data_config_for(model: nn.Module, input_size: int | None = None) -> dict[str
     """timm's resolved eval data config (input size, interpolation, crop_pct, mean/std), optionally resized."""
     from timm.data import resolve_model_data_config
 
-    config = resolve_model_data_config(model)
-    if input_size is not None:
-        config["input_size"] = (3, input_size, input_size)
-    return config
+    args = {"input_size": (3, input_size, input_size)} if input_size is not None else None
+    return resolve_model_data_config(model, args=args)
 
 
 class BoundedEvalTransform:
