@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 from pathlib import Path
 
@@ -69,6 +70,36 @@ def test_folder_labels_from_dirs_and_csv(tmp_path: Path) -> None:
     assert labels["zebra/img_000.png"] == (1, "striped")
     assert labels["ant/img_001.png"] == (0, "small")
     assert labels["top.png"] == (-1, "")
+
+
+def test_labels_of_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """A Latin-1 label folder gives a readable, storable label; a labels CSV names files in their stored form."""
+    root = tmp_path / "photos"
+    for raw, seed in ((b"Fotos-\xe9t\xe9/a.png", 1), (b"plain/caf\xe9.png", 2)):
+        path = os.path.join(os.fsencode(root), raw)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(png_bytes(seed))
+    src = folder_source(root, labels_from_dirs=True)
+    assert src.label_names == ["Fotos-\\xe9t\\xe9", "plain"]
+    assert {it.stored: it.label_name for it in src.items} == {
+        "Fotos-\\xe9t\\xe9/a.png": "Fotos-\\xe9t\\xe9", "plain/caf\\xe9.png": "plain"}
+    assert all(it.label_name.encode("utf-8") for it in src.items)
+
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text("path,label\nplain/caf\\xe9.png,coffee\n", encoding="utf-8")
+    src = folder_source(root, labels_csv=csv_file)
+    labels = {it.stored: it.label_name for it in src.items}
+    assert labels == {"Fotos-\\xe9t\\xe9/a.png": "", "plain/caf\\xe9.png": "coffee"}
+
+
+def test_a_folder_of_only_refused_entries_lists_them(tmp_path: Path) -> None:
+    """No image but a FIFO: the source lists the refusal (reported by the run) instead of 'no images found'."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    os.mkfifo(root / "pipe.png")
+    src = folder_source(root)
+    assert src.items == [] and [(f.rel_path, f.reason) for f in src.refused] == [("pipe.png", "special_file")]
 
 
 def test_folder_errors(tmp_path: Path) -> None:
