@@ -273,6 +273,7 @@ class JobManager:
             with self._lock:
                 if self._running.get(job.index) is job:
                     del self._running[job.index]
+                self._history[job.id] = job  # back in (as the newest) if evicted while it ran
             if self.metrics is not None:
                 self.metrics.jobs_running.dec()
             log.info("job %s: %s", job.id, job.state)

@@ -281,3 +281,34 @@ def test_settings_allow_a_token_from_the_environment(monkeypatch: pytest.MonkeyP
     assert "from-env" not in repr(settings)  # never in a log line that prints the settings
     monkeypatch.delenv("EMBEDSVC_API_TOKEN")
     assert os.environ.get("EMBEDSVC_API_TOKEN") is None and not make_settings(tmp_path).api_token.get_secret_value()
+
+
+# -- job history (cachetools LRU) ------------------------------------------------------------------------
+def test_job_history_keeps_the_last_jobs_and_every_running_one(client: TestClient, api_env: ApiEnv) -> None:
+    from embedsvc.jobs import JobManager, JobNotFoundError
+
+    svc = client.app.state.svc
+    manager = JobManager(store=svc.store, embedders=svc.embedders, settings=api_env.settings, max_history=2)
+    lite0 = svc.embedders["efficientnet_lite0"]
+    jobs = []
+    for i in range(3):
+        root = api_env.allowed / f"history-{i}"
+        write_images(root, 1, start_seed=90 + i)
+        jobs.append(manager.start(f"history-{i}", str(root), models=["efficientnet_lite0"]))
+        assert jobs[-1].thread is not None
+        jobs[-1].thread.join(120)
+        assert jobs[-1].state == "succeeded", jobs[-1].error
+    with pytest.raises(JobNotFoundError):
+        manager.get("history-0", jobs[0].id)  # the oldest finished job is forgotten
+    assert [j.id for j in manager.list()] == [jobs[1].id, jobs[2].id]
+    # A running job stays readable however many jobs the history holds.
+    root = api_env.allowed / "history-running"
+    write_images(root, 1, start_seed=99)
+    with lite0.gate.lock_for(lite0):  # hold the forward turn: the job stays running
+        running = manager.start("history-running", str(root), models=["efficientnet_lite0"])
+        manager._history.clear()
+        assert manager.get("history-running", running.id) is running and running in manager.list()
+    assert running.thread is not None
+    running.thread.join(120)
+    assert running.state == "succeeded"
+    assert manager.get("history-running", running.id).summary["per_model"]["efficientnet_lite0"]["indexed"] == 1
