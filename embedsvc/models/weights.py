@@ -15,6 +15,7 @@ import logging
 import re
 import socket
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,9 @@ def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
 # renaming, and errors that name the file and the reason.
 # --------------------------------------------------------------------------------------------------
 
+# True while loading a file whose key order is not the saved order (safetensors sorts keys): no in-order mapping.
+_KEYS_SORTED: ContextVar[bool] = ContextVar("embedsvc_checkpoint_keys_sorted", default=False)
+
 StateDictFilter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
 
 
@@ -139,6 +143,11 @@ def map_in_order(
     The one in-order renaming (for checkpoints saved by another codebase). ``num_batches_tracked`` counters
     are ignored on the source side. Refuses with the full list of mismatches rather than loading partially.
     """
+    if _KEYS_SORTED.get():
+        raise CheckpointMismatchError(
+            f"its key names differ from {what}'s and it is a safetensors file, which stores keys sorted by name, "
+            "so they cannot be mapped by position: save it with torch.save, or rename the keys to the model's"
+        )
     src = [(k, v) for k, v in source.items() if not _is_counter(k)]
     problems: list[str] = []
     if len(src) != len(target):
@@ -193,12 +202,15 @@ def load_weights(model: nn.Module, path: Path, filter_fn: StateDictFilter | None
 
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint", reason="empty")
+    token = _KEYS_SORTED.set(path.suffix == ".safetensors")
     try:
         load_checkpoint(model, str(path), use_ema=True, strict=True, filter_fn=prepare)
     except CheckpointMismatchError as exc:
         raise CheckpointMismatchError(f"{path}: {exc.message}") from exc
     except Exception as exc:
         raise _unreadable(path, exc) from exc
+    finally:
+        _KEYS_SORTED.reset(token)
 
 
 def _unreadable(path: Path, exc: Exception) -> CheckpointError:

@@ -80,7 +80,11 @@ def test_gresnet_alternative_key_names_map_in_order(tmp_path: Path) -> None:
     for i, (k, v) in enumerate(source.state_dict().items()):
         leaf = k.rsplit(".", 1)[-1]
         renamed[f"features.{i}.{leaf}"] = v.clone()
-    path = tmp_path / "gist.pth"  # not safetensors: it stores keys sorted, and order is what maps foreign names
+    sorted_file = tmp_path / "gist.safetensors"  # safetensors stores keys sorted: position means nothing there
+    save_file(renamed, str(sorted_file))
+    with pytest.raises(CheckpointMismatchError, match=r"gist\.safetensors: .*safetensors file.*sorted"):
+        _load(sorted_file, num_classes=1000)
+    path = tmp_path / "gist.pth"
     torch.save(renamed, path)
     model = _load(path, num_classes=1000)
     assert _same_outputs(model, source)
