@@ -308,6 +308,12 @@ def test_api_job_and_images_route(tmp_path: Path, two_embedders) -> None:
         rid = row_id("odd-api", os.fsdecode(b"caf\xe9.png"))
         resp = client.get(f"/images/odd-api/{rid}")
         assert resp.status_code == 200 and resp.content == png_bytes(3)
+        page = client.get("/indexes/odd-api/images")
+        assert page.status_code == 200, page.text
+        listed = {item["rel_path"]: item["id"] for item in page.json()["data"]}
+        assert listed == {"caf\\xe9.png": rid, "plain.png": row_id("odd-api", "plain.png")}  # readable stored form
+        thumb = client.get(f"/images/odd-api/{rid}/thumbnail")
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
 
         # an index named ".." is refused (422 by the route's type, or the job fails at the name check)
         # before anything is written: its report would land in the data directory itself
