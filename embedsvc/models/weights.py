@@ -227,7 +227,7 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
         )
     if "Error(s) in loading state_dict" in text or "size mismatch" in text:
         return CheckpointMismatchError(f"{path}: {text.strip()[:2000]}")
-    first = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+    first = text.strip().splitlines()[0].split(". ")[0][:200] if text.strip() else "no detail"
     return CheckpointError(
         f"{path}: truncated, corrupt or not a PyTorch/safetensors checkpoint ({type(exc).__name__}: {first})",
         reason="truncated_or_corrupt",
