@@ -1,6 +1,6 @@
 """Write stage: a background thread that upserts rows through ``embedsvc.store`` while models compute.
 
-Rows are coalesced per model into requests the engine handles well (at most 250 rows and ~3 MB: Milvus
+Rows are coalesced per model into requests the engine handles well (the store's ``rows_per_request``: Milvus
 Lite slows ~40x once one request passes ~4 MB) and written at most ``max_latency_s`` after they
 arrive, so a killed run loses only the last few seconds of work. The queue is bounded: if the store
 falls behind, compute waits instead of piling vectors up in memory. No flush per batch: the runner
@@ -17,21 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 from embedsvc.store import Store
+from embedsvc.store.rows import MAX_BATCH_ROWS, rows_per_request  # the store owns request sizes
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS_PER_REQUEST = 250
-MAX_BYTES_PER_REQUEST = 3_000_000
 _STOP = object()
 
 
 class WriterError(RuntimeError):
     """The writer thread failed; the original store error is the ``__cause__``."""
-
-
-def rows_per_request(dim: int, max_rows: int = MAX_ROWS_PER_REQUEST, max_bytes: int = MAX_BYTES_PER_REQUEST) -> int:
-    """Rows of a ``dim``-float32 vector (plus ~512 bytes of scalars) that fit one request."""
-    return max(1, min(max_rows, max_bytes // (dim * 4 + 512)))
 
 
 class StoreWriter:
@@ -42,7 +36,7 @@ class StoreWriter:
         store: Store,
         index: str,
         *,
-        max_rows: int = MAX_ROWS_PER_REQUEST,
+        max_rows: int = MAX_BATCH_ROWS,
         max_latency_s: float = 2.0,
         queue_size: int = 8,
         on_written: Callable[[str, int], None] | None = None,

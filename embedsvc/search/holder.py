@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from embedsvc.store import Store, StoreError, StoreUnavailableError
+from embedsvc.store.connection import retry_once
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ class StoreHolder:
     """Owns the service's Store and reconnects after Milvus went away.
 
     A client whose server died is never cached forever: an unavailable error drops it, the call is
-    retried once on a fresh connection, and if that fails too the caller gets the error (503).
+    retried once on a fresh connection (``retry_once``), and if that fails too the caller gets the error (503).
     """
 
     def __init__(self, factory: Callable[[], Store], *, retry_after_s: float = 2.0) -> None:
@@ -64,21 +65,18 @@ class StoreHolder:
             log.warning("dropped the Milvus connection (%s); the next call reconnects", reason)
 
     def call(self, fn: Callable[[Store], Any]) -> Any:
-        """Run ``fn(store)``; on StoreUnavailableError reconnect and retry once."""
-        for attempt in (1, 2):
-            try:
-                store = self.get()
-            except StoreUnavailableError:
-                if attempt == 2:
-                    raise
-                continue
+        """Run ``fn(store)``; on StoreUnavailableError drop the store and retry once on a fresh one (the
+        store's one retry policy, ``retry_once``)."""
+
+        def attempt() -> Any:
+            store = self.get()
             try:
                 return fn(store)
             except StoreUnavailableError:
                 self.invalidate(store)
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+                raise
+
+        return retry_once(attempt, lambda _: True)
 
     def close(self) -> None:
         self.invalidate(reason="")

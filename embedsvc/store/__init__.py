@@ -2,7 +2,9 @@
 
 The public API is re-exported here, so callers import from ``embedsvc.store``. The modules:
 
-* ``milvus``: ``Store``, the collections, manifests, upsert/search/listing (and the URI rules).
+* ``milvus``: ``Store`` (and the URI rules), assembled from ``connection`` (client, Lite, the one retry
+  policy ``retry_once``), ``catalog`` (names, manifests, collections, counts), ``data`` (upsert, read,
+  delete) and ``paging`` (id-ordered pages, random draws); ``search`` is in ``milvus`` itself.
 * ``lite``: Milvus Lite ownership: the owner file, lock detection, starting or sharing a ``.db``
   file's embedded server, guest takeover.
 * ``rows``: row validation and upsert batching (a search hit is ``embedsvc.results.Neighbour``).

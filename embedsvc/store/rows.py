@@ -11,8 +11,12 @@ import numpy as np
 
 from embedsvc.store.errors import DimensionMismatchError
 
-MAX_BATCH_ROWS = 250  # Lite 2.5.1 slows ~20x when one request exceeds ~4 MB (docs/findings.md)
-MAX_BATCH_BYTES = 3_500_000
+#: The one batching policy of writes (``batches`` in the store, ``rows_per_request`` for the indexer's
+#: writer): Milvus Lite 2.5.1 slows ~20-40x once one request passes ~4 MB, so stay well under it.
+MAX_BATCH_ROWS = 250
+MAX_BATCH_BYTES = 3_000_000
+#: Bytes a row's scalars take at most in a request, beside the vector (ids, ints, the VARCHARs' usual size).
+_SCALAR_BYTES = 512
 
 #: Longest value, in UTF-8 bytes, of each VARCHAR field (also the collection schema's ``max_length``).
 MAXLEN = {"rel_path": 4096, "content_hash": 128, "label_name": 512}
@@ -52,16 +56,26 @@ def clean_row(row: dict[str, Any], dim: int) -> dict[str, Any]:
     return out
 
 
+def row_bytes(dim: int, text_bytes: int = _SCALAR_BYTES) -> int:
+    """Request bytes of one row: the float32 vector plus its scalars."""
+    return 4 * dim + max(text_bytes, 64)
+
+
+def rows_per_request(dim: int, max_rows: int = MAX_BATCH_ROWS) -> int:
+    """Rows of ``dim``-float32 vectors that fit one upsert request (for callers that buffer rows)."""
+    return max(1, min(max_rows, MAX_BATCH_BYTES // row_bytes(dim)))
+
+
 def batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    """Clean rows in order, in requests of at most ``MAX_BATCH_ROWS`` rows and about ``MAX_BATCH_BYTES``."""
+    """Clean rows in order, in requests of at most ``MAX_BATCH_ROWS`` rows and ``MAX_BATCH_BYTES``."""
     batch: list[dict[str, Any]] = []
     size = 0
     for row in rows:
-        row_bytes = row["vector"].nbytes + 64 + sum(len(row[f]) for f in MAXLEN)
-        if batch and (len(batch) >= MAX_BATCH_ROWS or size + row_bytes > MAX_BATCH_BYTES):
+        size_of_row = row_bytes(len(row["vector"]), 64 + sum(len(row[f]) for f in MAXLEN))
+        if batch and (len(batch) >= MAX_BATCH_ROWS or size + size_of_row > MAX_BATCH_BYTES):
             yield batch
             batch, size = [], 0
         batch.append(row)
-        size += row_bytes
+        size += size_of_row
     if batch:
         yield batch

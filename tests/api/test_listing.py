@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import embedsvc.store.milvus
+import embedsvc.store.paging
 from embedsvc.store import Store, row_id
 from tests.api.conftest import INDEX, LABELS, MODELS, ApiEnv
 
@@ -67,7 +67,7 @@ def test_offsets_past_the_query_window_seek_by_id(
     that path on twelve rows: the pages must be the same as in one window."""
     direct = page_through(client, 3)
     seeded = client.get(f"/indexes/{INDEX}/images/random", params={"count": 7, "seed": 11}).json()
-    monkeypatch.setattr(embedsvc.store.milvus, "_QUERY_WINDOW", 5)
+    monkeypatch.setattr(embedsvc.store.paging, "_QUERY_WINDOW", 5)
     assert page_through(client, 3) == direct
     assert page_through(client, 5) == direct
     fish = page_through(client, 2, label="fish")

@@ -29,7 +29,7 @@ def invoke(args: list[str]):
 
 
 def rows_by_path(store: Store, index: str, key: str) -> dict[str, np.ndarray]:
-    ids = list(store.existing(index, key))
+    ids = list(store.existing_rows(index, key))
     rows = store.get_rows(index, key, ids, with_vectors=True)
     paths = [r["rel_path"] for r in rows]
     assert len(paths) == len(set(paths)) == store.count(index, key), "exactly one row per file"

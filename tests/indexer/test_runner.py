@@ -117,7 +117,7 @@ def test_rerun_unchanged_changed_pruned(tmp_path: Path, two_embedders, settings,
         assert all((c.indexed, c.unchanged, c.pruned) == (0, 7, 1) for c in pruned.per_model.values())
         for key in two_embedders:
             assert store.count("p", key) == 7
-            assert row_id("p", paths[5].name) not in store.existing("p", key)
+            assert row_id("p", paths[5].name) not in store.existing_rows("p", key)
             assert store.get_manifest("p", key)["row_count"] == 7
         # prune only drops rows of files gone from the whole listing, never rows outside --limit/--shard
         limited = run_index(folder_source(root, limit=2), store=store, prune=True, **kw)
@@ -227,14 +227,14 @@ def test_shards_together_index_what_one_worker_does(tmp_path: Path, two_embedder
         run_index(folder_source(root, labels_from_dirs=True), index_name="one", store=store, **kw)
         per_shard = []
         for i in range(3):
-            before = set(store.existing("sharded", "deit3_small")) if i else set()
+            before = set(store.existing_rows("sharded", "deit3_small")) if i else set()
             run_index(folder_source(root, labels_from_dirs=True, shard=f"{i}/3"), index_name="sharded", store=store,
                       **kw)
-            per_shard.append(set(store.existing("sharded", "deit3_small")) - before)
+            per_shard.append(set(store.existing_rows("sharded", "deit3_small")) - before)
         assert all(per_shard) and sum(map(len, per_shard)) == 12
 
         def rows_of(index: str) -> dict[str, dict]:
-            ids = list(store.existing(index, "deit3_small"))
+            ids = list(store.existing_rows(index, "deit3_small"))
             return {r["rel_path"]: r for r in store.get_rows(index, "deit3_small", ids, with_vectors=True)}
 
         one, sharded = rows_of("one"), rows_of("sharded")
@@ -275,7 +275,7 @@ def test_new_label_folder_keeps_existing_ids(tmp_path: Path, two_embedders, sett
         write_images(root / "a", 1, start_seed=70)  # sorts first: would shift every id if recomputed
         run_index(folder_source(root, labels_from_dirs=True), index_name="l", embedders=deit, store=store,
                   settings=settings, workers=0)
-        rows = store.get_rows("l", "deit3_small", list(store.existing("l", "deit3_small")))
+        rows = store.get_rows("l", "deit3_small", list(store.existing_rows("l", "deit3_small")))
         assert {(r["label_name"], r["label_id"]) for r in rows} == {("b", 0), ("c", 1), ("a", 2)}
         assert store.get_manifest("l", "deit3_small")["label_names"] == ["b", "c", "a"]
 
@@ -293,7 +293,7 @@ def test_relabelled_file_is_updated_on_rerun(tmp_path: Path, two_embedders, sett
                          store=store, settings=settings, batch_size=3, workers=0)
 
     def stored(key: str) -> dict[str, tuple[int, str, str]]:
-        rows = store.get_rows("r", key, list(store.existing("r", key)))
+        rows = store.get_rows("r", key, list(store.existing_rows("r", key)))
         return {r["rel_path"]: (r["label_id"], r["label_name"], r["content_hash"]) for r in rows}
 
     with Store(lite_uri) as store:
