@@ -26,23 +26,33 @@ from embedsvc.api.schemas import (
     Readiness,
     SearchResponse,
 )
+from embedsvc.core.errors import EmbedsvcError
 from embedsvc.evaluation.schemas import EvalResponse
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class ApiError(RuntimeError):
-    """The API answered with an error: ``status``, machine ``code`` and human ``detail``."""
+class ApiError(EmbedsvcError, RuntimeError):
+    """The API answered with an error: ``status``, machine ``code`` and human ``detail``.
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    The server's code and status become this error's own (per instance), so a caller that handles
+    EmbedsvcError (the CLI's one error line) treats an API refusal like any other product error.
+    """
+
+    def __init__(self, status: int, code: str, detail: str, request_id: str | None = None) -> None:
         super().__init__(f"{detail} ({status} {code})")
         self.status = status
-        self.code = code
+        self.http_status = status  # type: ignore[misc]
+        self.code = code  # type: ignore[misc]
         self.detail = detail
+        self.request_id = request_id
 
 
-class ApiUnavailableError(RuntimeError):
+class ApiUnavailableError(EmbedsvcError, RuntimeError):
     """Nothing answered at the API's URL (not started, wrong URL, network down, timed out)."""
+
+    code = "api_unavailable"
+    http_status = 503
 
 
 class EmbedsvcClient:
@@ -92,13 +102,14 @@ class EmbedsvcClient:
         except httpx.TransportError as exc:
             raise ApiUnavailableError(f"embedsvc API at {self.base_url} is not reachable: {exc}") from exc
         if resp.status_code >= 400:
+            request_id = resp.headers.get("x-request-id")
             try:
                 body = resp.json()
                 code = str(body.get("error") or "error")
                 detail = str(body.get("detail") or body.get("reason") or resp.reason_phrase)
             except (ValueError, AttributeError):
                 code, detail = "error", resp.text[:300] or resp.reason_phrase
-            raise ApiError(resp.status_code, code, detail)
+            raise ApiError(resp.status_code, code, detail, request_id)
         return resp
 
     def _get(self, path: str, model: type[M], **kwargs: Any) -> M:

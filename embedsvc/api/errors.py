@@ -184,8 +184,13 @@ def install_error_handlers(app: FastAPI) -> None:
         rid = request_id(request)
         log.error("request %s: unhandled error on %s %s", rid, request.method, request.url.path, exc_info=exc)
         count(request, "internal_error")
+        # Sent by Starlette's outermost middleware, past RequestIdMiddleware: the header is set here.
         return error_response(
-            500, "internal_error", "internal server error (logged on the server under this request id)", request_id=rid
+            500,
+            "internal_error",
+            "internal server error (logged on the server under this request id)",
+            request_id=rid,
+            headers={"X-Request-ID": rid} if rid else None,
         )
 
     app.add_exception_handler(EmbedsvcError, known)

@@ -312,3 +312,14 @@ def test_job_history_keeps_the_last_jobs_and_every_running_one(client: TestClien
     running.thread.join(120)
     assert running.state == "succeeded"
     assert manager.get("history-running", running.id).summary["per_model"]["efficientnet_lite0"]["indexed"] == 1
+
+
+def test_client_errors_are_product_errors_with_the_request_id(client: TestClient) -> None:
+    """The HTTP client's errors share the product's root type, and carry the id to quote in a report."""
+    from embedsvc.core.errors import EmbedsvcError
+
+    with pytest.raises(ApiError) as err:
+        EmbedsvcClient(http=client, token="").index("nope")
+    assert isinstance(err.value, EmbedsvcError)
+    assert (err.value.http_status, err.value.code) == (404, "unknown_index")
+    assert err.value.request_id and len(err.value.request_id) == 32
