@@ -123,6 +123,12 @@ def create_app(
         for emb in loaded.values():
             if emb.untrained:
                 log.warning("%s is serving UNTRAINED random weights (%s)", emb.key, emb.provenance.label)
+        if settings.allowed_roots and not settings.api_token.get_secret_value():
+            log.warning(
+                "bulk-index jobs are open to anyone who can reach this port (allowed roots: %d); "
+                "set EMBEDSVC_API_TOKEN to require a bearer token",
+                len(settings.allowed_roots),
+            )
         factory = store_factory or default_store_factory(settings)
         state = await run_in_threadpool(build_state, settings, loaded, factory, metrics)
         app.state.svc = state

@@ -323,3 +323,15 @@ def test_client_errors_are_product_errors_with_the_request_id(client: TestClient
     assert isinstance(err.value, EmbedsvcError)
     assert (err.value.http_status, err.value.code) == (404, "unknown_index")
     assert err.value.request_id and len(err.value.request_id) == 32
+
+
+def test_open_jobs_are_announced_at_start(api_env: ApiEnv, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="embedsvc.main")
+    with TestClient(create_app(api_env.settings, embedders=api_env.embedders)):
+        pass
+    assert any("set EMBEDSVC_API_TOKEN" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    settings = api_env.settings.model_copy(update={"api_token": SecretStr("t")})
+    with TestClient(create_app(settings, embedders=api_env.embedders)):
+        pass
+    assert not any("EMBEDSVC_API_TOKEN" in r.getMessage() for r in caplog.records)
