@@ -29,8 +29,3 @@ class EmbedsvcError(Exception):
         """What an HTTP client may read: ``public_message`` where the class has one, else the message."""
         return self.public_message or self.message
 
-
-class CodedError(EmbedsvcError, ValueError):
-    """A client error (kept as the base of the search and job errors while they move onto EmbedsvcError)."""
-
-    code = "bad_request"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from embedsvc.core.errors import CodedError
+from embedsvc.core.errors import EmbedsvcError
 
 
-class SearchError(CodedError):
+class SearchError(EmbedsvcError, ValueError):
     """A query the service cannot answer."""
 
     code = "bad_query"
+    http_status = 400
 
 
 class UnknownModelError(SearchError):

@@ -16,14 +16,14 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
-from embedsvc.core.errors import CodedError
+from embedsvc.core.errors import EmbedsvcError
 
 INDEX_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 INDEX_NAME_MAX = 64
 _INDEX_NAME = re.compile(INDEX_NAME_PATTERN)
 
 
-class BadIndexNameError(CodedError):
+class BadIndexNameError(EmbedsvcError, ValueError):
     """An index name outside ``INDEX_NAME_PATTERN`` (it would build a path or a collection name)."""
 
     code = "bad_index_name"
