@@ -29,8 +29,8 @@ class RowData(Catalog):
         """Insert or replace rows by id (plain insert would duplicate ids on a server).
 
         Keys: id, vector (float32 1-D, length = manifest dim), rel_path, content_hash, label_id
-        (-1 unknown), label_name ("" unknown), width, height. Sent in batches of at most 250 rows and
-        ~3.5 MB. All rows are validated before anything is written.
+        (-1 unknown), label_name ("" unknown), width, height. Sent in requests of ``rows.batches`` (the one batching
+        policy: at most 250 rows and ~3 MB). All rows are validated before anything is written.
         """
         if not rows:
             return
