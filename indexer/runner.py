@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -138,9 +138,16 @@ def run_index(
     total = len(source.items)
     timer = ComputeTimer()
 
+    last_report = [0.0]
+
     def report(done: int, phase: str) -> None:
-        if progress is not None:
-            progress(ProgressUpdate(done, total, {k: timer.rate(k) for k in keys}, phase))
+        """Progress to the caller; "index" updates at most every 0.5 s (and at the last file)."""
+        now = time.perf_counter()
+        if progress is None or (phase == "index" and now - last_report[0] < 0.5 and done != total):
+            return
+        if phase == "index":
+            last_report[0] = now
+        progress(ProgressUpdate(done, total, {k: timer.rate(k) for k in keys}, phase))
 
     report(0, "prepare")
     plan = plan_run(
@@ -157,30 +164,8 @@ def run_index(
     loader = make_loader(dataset, batch_size=batch_size, workers=max(0, workers), pin_memory=pin)
     mapper = BatchMapper(plan, embedders, timer)
     writer = StoreWriter(store, index_name)
-    done = 0
-    stopped = False
-    last_report = 0.0
-    iterator = iter(loader)
-    try:
-        while not (strict and mapper.failures):  # --strict: stop at the first failure (listing's included)
-            batch = next(iterator, None)
-            if batch is None:
-                break
-            for key, rows in mapper(batch).items():
-                writer.put(key, rows)
-            done += len(batch.results)
-            now = time.perf_counter()
-            if now - last_report >= 0.5 or done == total:
-                report(done, "index")
-                last_report = now
-            if stop_event is not None and stop_event.is_set():
-                stopped = done < total
-                break
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        del iterator  # shuts the DataLoader workers down, also on early exit
+    done, stopped = _run(loader, mapper, writer, strict=strict, stop_event=stop_event,
+                         on_batch=lambda n: report(n, "index"))
     t_run = time.perf_counter() - start - t_plan
 
     report(done, "flush")
@@ -190,6 +175,37 @@ def run_index(
     if strict and mapper.failures:
         raise strict_error(mapper.failures, summary.failures_report)
     return summary
+
+
+def _run(
+    loader: Iterable[ReadBatch], mapper: BatchMapper, writer: StoreWriter, *, strict: bool,
+    stop_event: threading.Event | None, on_batch: Callable[[int], None],
+) -> tuple[int, bool]:
+    """Reader -> mapper -> writer until the data ends, a stop is asked, or (``strict``) a file failed.
+
+    Returns (files handled, stopped early). On any error the writer is aborted (what is queued is dropped;
+    rows already written stay, and a rerun finishes the rest).
+    """
+    done, stopped, total = 0, False, len(mapper.plan.items)
+    iterator = iter(loader)
+    try:
+        while not (strict and mapper.failures):  # --strict: stop at the first failure (listing's included)
+            batch = next(iterator, None)
+            if batch is None:
+                break
+            for key, rows in mapper(batch).items():
+                writer.put(key, rows)
+            done += len(batch.results)
+            on_batch(done)
+            if stop_event is not None and stop_event.is_set():
+                stopped = done < total
+                break
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        del iterator  # shuts the DataLoader workers down, also on early exit
+    return done, stopped
 
 
 def _finish(
