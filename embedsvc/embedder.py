@@ -7,12 +7,12 @@ float32, optionally L2-normalised. CPU runs fp32; CUDA runs bf16 autocast and ch
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from embedsvc.models.registry import EmbedderSpec, get_spec
 from embedsvc.models.weights import (
     Provenance,
     WeightsNotFoundError,
+    create_with_weights,
     load_weights,
     resolve_weights_file,
     sha256_of,
@@ -138,18 +139,24 @@ class Embedder:
         }
 
 
-def _family_filter(model: nn.Module):
-    """The timm family's own ``checkpoint_filter_fn`` (e.g. ViT pos-embed resampling), if it has one."""
-    module = importlib.import_module(type(model).__module__)
-    return getattr(module, "checkpoint_filter_fn", None)
+def build_model(spec: EmbedderSpec, input_size: int | None = None, weights_file: Path | None = None) -> nn.Module:
+    """The timm model, random-initialised or loaded from ``weights_file``.
 
-
-def build_model(spec: EmbedderSpec, input_size: int | None = None) -> nn.Module:
+    Without a filter of our own, timm loads the file (``create_model(pretrained=True)`` with the file as
+    the pretrained cfg), so the family's own registered filter applies, with its arguments (DeiT-III's
+    layer-scale renaming, ViT position-embedding resampling); with one (GResNet, EfficientNet-Lite0's
+    package names), `load_weights` runs timm's ``load_checkpoint`` through it.
+    """
     kwargs = dict(spec.create_kwargs)
     cfg = timm.get_pretrained_cfg(spec.model_name)
     if input_size is not None and cfg is not None and cfg.fixed_input_size:
         kwargs["img_size"] = input_size  # ViTs size their position embedding at creation
-    return timm.create_model(spec.model_name, pretrained=False, **kwargs)
+    if weights_file is not None and spec.checkpoint_filter is None:
+        return create_with_weights(spec.model_name, weights_file, **kwargs)
+    model = timm.create_model(spec.model_name, pretrained=False, **kwargs)
+    if weights_file is not None:
+        load_weights(model, weights_file, spec.checkpoint_filter)
+    return model
 
 
 def load_embedder(
@@ -168,9 +175,7 @@ def load_embedder(
     spec = get_spec(key)
     allow_random = settings.allow_random_weights if allow_random is None else allow_random
     input_size = input_size or settings.input_size
-    torch.manual_seed(seed)  # seeded random init: the same "untrained" model in every process
-    model = build_model(spec, input_size)
-    data_config = transforms.data_config_for(model, input_size)
+    path: Path | None = None
     try:
         path, source = resolve_weights_file(
             spec.model_name,
@@ -185,8 +190,10 @@ def load_embedder(
         log.warning("%s -- using seeded random weights (untrained)", exc)
         provenance = Provenance(source="random", sha256=None, trained=False, seed=seed)
     else:
-        load_weights(model, path, spec.checkpoint_filter or _family_filter(model))
         provenance = Provenance(source=source, sha256=sha256_of(path), trained=True)
+    torch.manual_seed(seed)  # seeded random init: the same "untrained" model in every process
+    model = build_model(spec, input_size, weights_file=path)
+    data_config = transforms.data_config_for(model, input_size)
     model.eval()
     if spec.serve_transform is not None:
         model = spec.serve_transform(model).eval()

@@ -139,3 +139,27 @@ def test_in_order_mapping_and_mismatch_listing() -> None:
     bad["layer0"] = torch.zeros(4, 3, 5, 5)
     with pytest.raises(CheckpointMismatchError, match=r"layer0 \(4, 3, 5, 5\) -> 0.weight \(4, 3, 3, 3\)"):
         map_state_dict_in_order(bad, model)
+
+
+def test_original_deit3_checkpoint_loads_through_timms_own_filter(tmp_path: Path) -> None:
+    """Facebook's DeiT-III layout (``gamma_1``/``gamma_2`` first in each block, under ``model``) loads as timm's.
+
+    timm registers DeiT's filter with ``adapt_layer_scale=True``; only timm's own loading path applies it.
+    """
+    settings = make_settings(tmp_path)
+    torch.manual_seed(1)
+    state = timm.create_model(get_spec("deit3_small").model_name, pretrained=False).state_dict()
+    original: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith(".norm1.weight"):  # Layer_scale_init_Block registers its gammas before its children
+            block = key.removesuffix("norm1.weight")
+            original |= {block + "gamma_1": state[block + "ls1.gamma"], block + "gamma_2": state[block + "ls2.gamma"]}
+        if not key.endswith(("ls1.gamma", "ls2.gamma")):
+            original[key] = value
+    torch.save({"model": original, "epoch": 799}, tmp_path / "deit_3_small_224_1k.pth")
+    torch.save(state, tmp_path / "timm_layout.pth")
+    fb = load_embedder("deit3_small", settings=settings, weights=str(tmp_path / "deit_3_small_224_1k.pth"))
+    ref = load_embedder("deit3_small", settings=settings, weights=str(tmp_path / "timm_layout.pth"))
+    assert fb.provenance.trained and fb.provenance.sha256 != ref.provenance.sha256
+    image = [decode_image(PHOTOS[0]).image]
+    np.testing.assert_array_equal(fb.embed_images(image), ref.embed_images(image))

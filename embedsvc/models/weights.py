@@ -200,8 +200,7 @@ def load_weights(model: nn.Module, path: Path, filter_fn: StateDictFilter | None
         counters = {k: tensors.get(k, v) for k, v in target.state_dict().items() if _is_counter(k)}
         return mapped | counters
 
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint", reason="empty")
+    _refuse_empty(path)
     token = _KEYS_SORTED.set(path.suffix == ".safetensors")
     try:
         load_checkpoint(model, str(path), use_ema=True, strict=True, filter_fn=prepare)
@@ -211,6 +210,30 @@ def load_weights(model: nn.Module, path: Path, filter_fn: StateDictFilter | None
         raise _unreadable(path, exc) from exc
     finally:
         _KEYS_SORTED.reset(token)
+
+
+def create_with_weights(model_name: str, path: Path, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(pretrained=True)`` from a local file: the family's own registered filter applies.
+
+    Same EMA rule (timm's) and the same errors as :func:`load_weights`, naming the file and the reason.
+    """
+    import timm
+
+    _refuse_empty(path)
+    token = _KEYS_SORTED.set(path.suffix == ".safetensors")
+    try:
+        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    except CheckpointMismatchError as exc:
+        raise CheckpointMismatchError(f"{path}: {exc.message}") from exc
+    except Exception as exc:
+        raise _unreadable(path, exc) from exc
+    finally:
+        _KEYS_SORTED.reset(token)
+
+
+def _refuse_empty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint", reason="empty")
 
 
 def _unreadable(path: Path, exc: Exception) -> CheckpointError:
