@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from embedsvc.store import Store, StoreError, StoreUnavailableError
+from embedsvc.store import DatabaseInUseError, Store, StoreError, StoreUnavailableError
 from embedsvc.store.connection import retry_once
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class StoreHolder:
         self._lock = threading.Lock()
         self.retry_after_s = retry_after_s
         self._failed_at = -float("inf")
-        self._last_error: StoreUnavailableError | None = None
+        self._last_error: StoreUnavailableError | DatabaseInUseError | None = None
 
     def get(self) -> Store:
         """The live store, connecting if needed. While Milvus is down, connection attempts are spaced
@@ -40,13 +40,16 @@ class StoreHolder:
         with self._lock:
             if self._store is None:
                 if self._last_error is not None and time.monotonic() - self._failed_at < self.retry_after_s:
-                    raise StoreUnavailableError(str(self._last_error))
+                    # A fresh error of the same kind (the API reports database_in_use apart from down).
+                    raise type(self._last_error)(str(self._last_error))
                 try:
                     self._store = self._factory()
                 except StoreError as exc:
                     self._failed_at = time.monotonic()
                     self._last_error = (
-                        exc if isinstance(exc, StoreUnavailableError) else StoreUnavailableError(str(exc))
+                        exc
+                        if isinstance(exc, StoreUnavailableError | DatabaseInUseError)
+                        else StoreUnavailableError(str(exc))
                     )
                     raise self._last_error from exc
                 self._last_error = None
