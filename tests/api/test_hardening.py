@@ -336,3 +336,39 @@ def test_open_jobs_are_announced_at_start(api_env: ApiEnv, caplog: pytest.LogCap
     with TestClient(create_app(settings, embedders=api_env.embedders)):
         pass
     assert not any("EMBEDSVC_API_TOKEN" in r.getMessage() for r in caplog.records)
+
+
+# -- one root error type --------------------------------------------------------------------------------
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+def test_every_product_error_names_its_code_and_status() -> None:
+    """No product error falls back to the root's placeholder code: the one handler can map them all."""
+    import embedsvc.client
+    import embedsvc.indexer.runner
+    import embedsvc.main  # noqa: F401  (imports the API, jobs, search, store and images)
+    from embedsvc.core.errors import EmbedsvcError
+    from embedsvc.images import ImageDecodeError
+
+    classes = [c for c in _subclasses(EmbedsvcError) if c.__module__ != "embedsvc.client"]  # client side
+    assert len(classes) >= 30, [c.__name__ for c in classes]
+    for cls in classes:
+        assert cls.code != "error", cls
+        assert 400 <= cls.http_status < 600, cls
+        if cls.http_status >= 500:  # server-side: what a client may read is set for the class
+            assert cls.public_message, cls
+    for reason, (status, code) in ImageDecodeError.BY_REASON.items():
+        err = ImageDecodeError("q.jpg", reason, "detail")
+        assert (err.http_status, err.code, err.client_message()) == (status, code, "q.jpg: detail")
+    assert (ImageDecodeError("q", "new-reason", "d").http_status, ImageDecodeError("q", "x", "d").code) == (
+        400,
+        "bad_image",
+    )
+    import embedsvc.api.errors as api_errors
+
+    for gone in ("STATUS_BY_CLASS", "CODE_BY_CLASS", "IMAGE_ERRORS", "ApiError", "classify"):
+        assert not hasattr(api_errors, gone), gone
