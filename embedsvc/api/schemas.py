@@ -105,15 +105,9 @@ class IndexList(BaseModel):
     max_k: int = Field(description="Largest k that POST /search accepts (a server setting).")
 
 
-class ImageRow(BaseModel):
-    """One indexed image, as listed (no vector)."""
+class ImageRow(results.ImageRecord):
+    """One indexed image, as listed (no vector): the stored record plus URLs."""
 
-    id: int
-    rel_path: str = Field(description="Path relative to the index's dataset root (informational only).")
-    label_id: int | None = None
-    label_name: str | None = None
-    width: int | None = None
-    height: int | None = None
     image_url: str
     thumbnail_url: str
 

@@ -266,6 +266,39 @@ class SearchEngine:
 
     # -- queries -----------------------------------------------------------------------------------
 
+    def _plan(
+        self, index: str, k: int, label: int | str | None, models: Sequence[str] | None, *, need_loaded: bool
+    ) -> tuple[dict[str, dict[str, Any]], int | None, list[str], list[tuple[str, str]]]:
+        """What every query checks first: (manifests, label id, models to run, models skipped and why)."""
+        self.check_k(k)
+        manifests = self.index_manifests(index)
+        label_id = self.resolve_label(index, manifests, label)
+        chosen, skipped = self.select_models(index, manifests, models, need_loaded=need_loaded)
+        return manifests, label_id, chosen, skipped
+
+    @staticmethod
+    def _result(
+        index: str,
+        k: int,
+        label_id: int | None,
+        query: QueryInfo,
+        outcomes: list[ModelResult],
+        skipped: list[tuple[str, str]],
+        t0: float,
+        decode_ms: float = 0.0,
+    ) -> SearchResult:
+        return SearchResult(
+            index=index,
+            k=k,
+            label_filter=label_id,
+            query=query,
+            models=outcomes,
+            overlap=overlap_pairs(outcomes),
+            skipped=[SkippedModel(model_key=key, reason=reason) for key, reason in skipped],
+            decode_ms=round(decode_ms, 3),
+            total_ms=round((time.perf_counter() - t0) * 1000.0, 3),
+        )
+
     def search_image(
         self,
         index: str,
@@ -279,14 +312,11 @@ class SearchEngine:
     ) -> SearchResult:
         """Embed an image file's bytes with each model and search the index. Decodes once."""
         t0 = time.perf_counter()
-        self.check_k(k)
         if len(data) > self.settings.max_upload_bytes:
             raise ImageDecodeError(
                 name, "too_large", f"{len(data):,} bytes exceeds the limit of {self.settings.max_upload_bytes:,}"
             )
-        manifests = self.index_manifests(index)
-        label_id = self.resolve_label(index, manifests, label)
-        chosen, skipped = self.select_models(index, manifests, models, need_loaded=True)
+        manifests, label_id, chosen, skipped = self._plan(index, k, label, models, need_loaded=True)
         for key in chosen:
             self.check_compatible(index, key, manifests[key])
 
@@ -311,17 +341,7 @@ class SearchEngine:
                     lambda s, key=key, vector=vector: s.search(index, key, vector, k, label_id=label_id)
                 )[0]
             outcomes.append(self._outcome(key, manifests[key], hits, timings, None))
-        return SearchResult(
-            index=index,
-            k=k,
-            label_filter=label_id,
-            query=query,
-            models=outcomes,
-            overlap=overlap_pairs(outcomes),
-            skipped=[SkippedModel(model_key=key, reason=reason) for key, reason in skipped],
-            decode_ms=round(decode_ms, 3),
-            total_ms=round((time.perf_counter() - t0) * 1000.0, 3),
-        )
+        return self._result(index, k, label_id, query, outcomes, skipped, t0, decode_ms)
 
     def search_by_id(
         self,
@@ -334,10 +354,7 @@ class SearchEngine:
     ) -> SearchResult:
         """ "More like this": each model searches with its own stored vector of ``row_id``, excluding it."""
         t0 = time.perf_counter()
-        self.check_k(k)
-        manifests = self.index_manifests(index)
-        label_id = self.resolve_label(index, manifests, label)
-        chosen, skipped = self.select_models(index, manifests, models, need_loaded=False)
+        manifests, label_id, chosen, skipped = self._plan(index, k, label, models, need_loaded=False)
         query: QueryInfo | None = None
         outcomes = []
         for key in chosen:
@@ -366,13 +383,4 @@ class SearchEngine:
                 )
             outcomes.append(self._outcome(key, manifests[key], hits, timings, query.label_id))
         assert query is not None  # select_models never returns an empty list
-        return SearchResult(
-            index=index,
-            k=k,
-            label_filter=label_id,
-            query=query,
-            models=outcomes,
-            overlap=overlap_pairs(outcomes),
-            skipped=[SkippedModel(model_key=key, reason=reason) for key, reason in skipped],
-            total_ms=round((time.perf_counter() - t0) * 1000.0, 3),
-        )
+        return self._result(index, k, label_id, query, outcomes, skipped, t0)
