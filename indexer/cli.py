@@ -112,7 +112,7 @@ def _run(
         raise _fail(f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
     except (DatasetError, OSError) as exc:
         raise _fail(str(exc)) from None
-    if not source.items:  # type: ignore[attr-defined]
+    if not source.items and not source.refused:  # type: ignore[attr-defined]  # refusals are still reported
         raise _fail("nothing selected to index (check --limit, --classes, --shard)")
     try:
         store = Store.from_settings(settings, owner=f"embedsvc index ({index_name})")

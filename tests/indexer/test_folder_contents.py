@@ -327,3 +327,21 @@ def test_api_job_and_images_route(tmp_path: Path, two_embedders) -> None:
         else:
             assert resp.status_code == 422, resp.text
     assert not list(settings.data_dir.glob("failures-*.csv"))
+
+
+def test_cli_reports_a_folder_of_only_refused_entries(tmp_path: Path, cli_env) -> None:
+    """No image, only a FIFO and a link out of the root: the CLI lists both in the report, --strict fails."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    os.mkfifo(root / "pipe.png")
+    os.symlink("/etc/passwd", root / "passwd.jpg")
+    data = ["--data-dir", str(tmp_path / "data"), "--workers", "0", *MODEL_FLAGS]
+    result = invoke(["index", "folder", str(root), "--name", "refused", *data])
+    assert result.exit_code == 0, result.output
+    assert "2 file(s) skipped; report:" in result.stderr
+    (report,) = (tmp_path / "data" / "reports" / "refused").glob("failures-*.csv")
+    with open(report, newline="", encoding="utf-8") as fh:
+        assert {r["file"]: r["reason"] for r in csv.DictReader(fh)} == {
+            "passwd.jpg": "outside_root", "pipe.png": "special_file"}
+    result = invoke(["index", "folder", str(root), "--name", "refused", "--strict", *data])
+    assert result.exit_code != 0 and "--strict" in result.stderr
