@@ -10,11 +10,12 @@ Resolving and provenance are ours; loading is timm's ``load_checkpoint`` with on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -200,16 +201,8 @@ def load_weights(model: nn.Module, path: Path, filter_fn: StateDictFilter | None
         counters = {k: tensors.get(k, v) for k, v in target.state_dict().items() if _is_counter(k)}
         return mapped | counters
 
-    _refuse_empty(path)
-    token = _KEYS_SORTED.set(path.suffix == ".safetensors")
-    try:
+    with _loading(path):
         load_checkpoint(model, str(path), use_ema=True, strict=True, filter_fn=prepare)
-    except CheckpointMismatchError as exc:
-        raise CheckpointMismatchError(f"{path}: {exc.message}") from exc
-    except Exception as exc:
-        raise _unreadable(path, exc) from exc
-    finally:
-        _KEYS_SORTED.reset(token)
 
 
 def create_with_weights(model_name: str, path: Path, **kwargs: Any) -> nn.Module:
@@ -219,21 +212,24 @@ def create_with_weights(model_name: str, path: Path, **kwargs: Any) -> nn.Module
     """
     import timm
 
-    _refuse_empty(path)
+    with _loading(path):
+        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+
+
+@contextlib.contextmanager
+def _loading(path: Path) -> Iterator[None]:
+    """Around one load of ``path``: refuse an empty file, no in-order mapping for safetensors, named errors."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint", reason="empty")
     token = _KEYS_SORTED.set(path.suffix == ".safetensors")
     try:
-        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        yield
     except CheckpointMismatchError as exc:
         raise CheckpointMismatchError(f"{path}: {exc.message}") from exc
     except Exception as exc:
         raise _unreadable(path, exc) from exc
     finally:
         _KEYS_SORTED.reset(token)
-
-
-def _refuse_empty(path: Path) -> None:
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint", reason="empty")
 
 
 def _unreadable(path: Path, exc: Exception) -> CheckpointError:
