@@ -372,3 +372,29 @@ def test_every_product_error_names_its_code_and_status() -> None:
 
     for gone in ("STATUS_BY_CLASS", "CODE_BY_CLASS", "IMAGE_ERRORS", "ApiError", "classify"):
         assert not hasattr(api_errors, gone), gone
+
+
+def test_a_failed_job_reports_a_code_and_no_server_paths(client: TestClient, api_env: ApiEnv, store) -> None:
+    """The index exists with other weights: the job fails in the background and says why, path-free."""
+    import numpy as np
+
+    from embedsvc.store import row_id
+
+    root = api_env.allowed / "other-weights-job"
+    write_images(root, 2, start_seed=120)
+    manifest = client.app.state.svc.embedders["efficientnet_lite0"].manifest()
+    manifest["weights"] = {"source": "file:/srv/secret/w.pth", "sha256": "ee" * 32, "trained": True, "label": "x"}
+    manifest |= {"dataset_root": str(root.resolve()), "index_kind": "folder"}
+    store.ensure_collection("failing-job", "efficientnet_lite0", manifest)
+    vec = np.ones(manifest["dim"], np.float32)
+    store.upsert(
+        "failing-job",
+        "efficientnet_lite0",
+        [{"id": row_id("failing-job", "x.png"), "vector": vec, "rel_path": "x.png", "content_hash": "h"}],
+    )
+    resp = client.post("/indexes/failing-job/jobs", json={"root": str(root), "models": ["efficientnet_lite0"]})
+    assert resp.status_code == 202, resp.text
+    done = _wait(client, "failing-job", resp.json()["id"])
+    assert done["state"] == "failed", done
+    assert done["error"].startswith("manifest_mismatch: "), done["error"]  # code first, then the message
+    assert str(api_env.settings.data_dir) not in done["error"] and "Traceback" not in done["error"]
