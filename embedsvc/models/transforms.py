@@ -41,8 +41,9 @@ class BoundedEvalTransform:
     Peak memory of one call, on top of the decoded image itself (Pillow keeps 4 bytes/pixel, so at most
     4 x max_image_pixels bytes): about ``4 * F * crop * (short_side + scale_size)`` bytes for Pillow's
     two passes, with F = ``ELONGATED_FACTOR`` and ``short_side <= sqrt(max_image_pixels)``: ~30 MB at
-    224 px and the default 64 MP limit, whatever the aspect ratio. Configs this does not recognise
-    (non-square input; ``squash`` and ``border`` crop modes, which never blow up) use timm's transform.
+    224 px and the default 64 MP limit, whatever the aspect ratio. Other configs use timm's transform as
+    is: ``squash`` and ``border`` crop modes never blow up; a non-square ``input_size`` (timm's
+    ``ResizeKeepRatio``) would be unbounded, and no registered model has one (``bounded`` is tested).
     """
 
     def __init__(self, data_config: dict[str, Any]) -> None:
