@@ -254,6 +254,8 @@ def test_stored_form_is_readable_and_reversible(raw: bytes) -> None:
     stored = stored_rel_path(on_disk)
     stored.encode("utf-8")  # storable in Milvus, JSON and a UTF-8 CSV
     assert fs_rel_path(stored) == on_disk and os.fsencode(fs_rel_path(stored)) == raw
+    digest = hashlib.blake2b(b"i\0" + raw, digest_size=8).digest()  # the id: from the name's raw bytes
+    assert row_id("i", on_disk) == (int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF or 1)
     try:
         assert stored == raw.decode("utf-8")  # valid UTF-8: unchanged
     except UnicodeDecodeError:
