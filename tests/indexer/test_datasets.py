@@ -201,3 +201,21 @@ def test_imagenet_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no ImageNet val images"):
         imagenet_val_source(tmp_path / "empty")
+
+
+def test_imagenet_layouts_refuse_odd_entries(tmp_path: Path) -> None:
+    """Both ImageNet layouts list through the same entry policy as any folder."""
+    root = write_synset_folders(tmp_path / "val")
+    wnid = VAL_WNIDS[0]
+    os.mkfifo(root / wnid / "pipe.JPEG")
+    os.symlink("/etc/passwd", root / wnid / "passwd.JPEG")
+    src = imagenet_val_source(root)
+    assert {(f.rel_path, f.reason) for f in src.refused} == {
+        (f"{wnid}/pipe.JPEG", "special_file"), (f"{wnid}/passwd.JPEG", "outside_root")}
+    assert len(src.items) == len(VAL_WNIDS)
+
+    flat = write_flat_val(tmp_path / "flat")
+    write_loc_val_solution(flat / "LOC_val_solution.csv")
+    os.symlink("ILSVRC2012_val_99999998.JPEG", flat / "ILSVRC2012_val_99999999.JPEG")  # dangling
+    src = imagenet_val_source(flat)
+    assert [(f.rel_path, f.reason) for f in src.refused] == [("ILSVRC2012_val_99999999.JPEG", "dangling_symlink")]
