@@ -22,6 +22,7 @@ from embedsvc.store.errors import (
     ManifestMismatchError,
     StoreError,
 )
+from embedsvc.store.lite import ensure_free_space
 from embedsvc.store.rows import MAXLEN
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class Catalog(Connection):
             "manifest": text,
             "vector": [0.0, 0.0],
         }
+        if self._db is not None:  # Lite retries a write on a full disk until the timeout: check the room first
+            ensure_free_space(self._db, 4 * len(text), f"saving the manifest of {name}")
         self._call(f"saving the manifest of {name}", lambda c, **kw: c.upsert(MANIFESTS, [row], **kw))
         self._manifest_cache[name] = json.loads(text)
 

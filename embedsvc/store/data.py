@@ -72,6 +72,8 @@ class RowData(Catalog):
     def delete(self, index: str, model_key: str, ids: Sequence[int]) -> None:
         name, _ = self._manifest(index, model_key)
         ids = [int(i) for i in ids]
+        if self._db is not None and ids:  # a delete is a write too (Lite retries it on a full disk)
+            ensure_free_space(self._db, 64 * len(ids), f"deleting from {name}")
         for start in range(0, len(ids), _ID_CHUNK):
             chunk = ids[start : start + _ID_CHUNK]
             self._call(f"deleting from {name}", lambda c, ch=chunk, **kw: c.delete(name, ids=ch, **kw))

@@ -290,7 +290,9 @@ def open_lite(
                 uri = server.uds_path
                 try:
                     _write_owner(db, uri, owner, share)
-                except BaseException:  # e.g. disk full: stop the server we started, keep the error
+                except DiskFullError as exc:  # reading must still work on a full disk: serve, unshared
+                    log.warning("%s; other processes cannot share %s until its owner file fits", exc.message, db)
+                except BaseException:
                     server.stop()
                     raise
                 _owned[db] = _LiteHandle(db=db, uri=uri, refs=1, pid=os.getpid(), server=server)
