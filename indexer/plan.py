@@ -17,6 +17,7 @@ from typing import Any
 from embedsvc.embedder import Embedder
 from embedsvc.indexer.datasets import DatasetSource, Item
 from embedsvc.manifest import incompatibilities
+from embedsvc.paths import stored_rel_path
 from embedsvc.store import Store, row_id
 from embedsvc.store.naming import check_index_name
 
@@ -100,7 +101,7 @@ def plan_run(
         known=known,
         reusable={k: _reusable(rows, items, ids, labelled) for k, rows in known.items()},
         pruned=pruned,
-        refused=[(Item(f.rel_path).stored, f.reason, f.detail) for f in source.refused],
+        refused=[(stored_rel_path(f.rel_path), f.reason, f.detail) for f in source.refused],
     )
 
 
