@@ -88,6 +88,7 @@ class Connection:
         self._conn_lock = threading.RLock()
         self._client: Any = None
         self._closed = False
+        # The catalog's caches live here: a call that finds a collection gone clears them (``_store_error``).
         self._manifests_ready = False
         self._manifest_cache: dict[str, dict[str, Any]] = {}
         self._loaded: set[str] = set()
@@ -105,7 +106,7 @@ class Connection:
         role = f", lite_role={self.lite_role}" if self.is_lite else ""
         return f"Store(uri={self.uri!r}{role})"
 
-    # -- connection and retries------------------------------------------------------------------
+    # -- connection and retries -----------------------------------------------------------------
     def _connect(self) -> None:
         from embedsvc.store.pymilvus_import import import_pymilvus
 
