@@ -60,7 +60,12 @@ async def start_job(name: IndexPath, body: JobCreate, jobs: JobsDep, settings: S
     return job_info(job, settings)
 
 
-@router.get("/{name}/jobs", response_model=list[JobInfo], summary="Recent jobs of this index")
+@router.get(
+    "/{name}/jobs",
+    response_model=list[JobInfo],
+    summary="Recent jobs of this index",
+    responses=error_responses(401, 422),
+)
 def list_jobs(name: IndexPath, jobs: JobsDep, settings: SettingsDep) -> list[JobInfo]:
     return [job_info(j, settings) for j in jobs.list(name)]
 
@@ -69,7 +74,7 @@ def list_jobs(name: IndexPath, jobs: JobsDep, settings: SettingsDep) -> list[Job
     "/{name}/jobs/{job_id}",
     response_model=JobInfo,
     summary="Progress and result of one job",
-    responses=error_responses(404, 422),
+    responses=error_responses(401, 404, 422),
 )
 def get_job(name: IndexPath, job_id: JobIdPath, jobs: JobsDep, settings: SettingsDep) -> JobInfo:
     return job_info(jobs.get(name, job_id), settings)
