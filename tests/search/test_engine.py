@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from embedsvc.images import decode_image
 from embedsvc.search import (
@@ -166,3 +168,13 @@ def test_a_listed_id_always_resolves_to_its_row(env: EngineEnv) -> None:
         found, manifest = env.engine.find_row("partial", row["id"])
         assert found["id"] == row["id"] and found["rel_path"] == row["rel_path"]
         assert Path(manifest["dataset_root"]) == env.dataset.resolve()
+
+
+def test_forward_gate_owns_the_turns(env: EngineEnv) -> None:
+    """On CPU every model waits for the same turn (searches and jobs alike); on a GPU each model has its own."""
+    a, b = (env.embedders[key] for key in MODELS)
+    assert a.gate is b.gate and a.gate.lock_for(a) is a.gate.lock_for(b)
+    on_gpu = [dataclasses.replace(e, device=torch.device("cuda")) for e in (a, b)]  # never run: only their turns
+    assert on_gpu[0].gate.lock_for(on_gpu[0]) is not on_gpu[1].gate.lock_for(on_gpu[1])
+    assert on_gpu[0].gate.lock_for(on_gpu[0]) is on_gpu[0].gate.lock_for(on_gpu[0])
+    assert on_gpu[0].gate.lock_for(on_gpu[0]) is not a.gate.lock_for(a)
