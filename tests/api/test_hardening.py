@@ -398,3 +398,24 @@ def test_a_failed_job_reports_a_code_and_no_server_paths(client: TestClient, api
     assert done["state"] == "failed", done
     assert done["error"].startswith("manifest_mismatch: "), done["error"]  # code first, then the message
     assert str(api_env.settings.data_dir) not in done["error"] and "Traceback" not in done["error"]
+
+
+def test_public_path_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embedsvc.api.deps import public_path
+
+    allowed = tmp_path / "srv" / "photos"
+    allowed.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(allowed)
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(tmp_path, data_dir=Path("data"), allowed_roots=[tmp_path / "link"])
+    cases = {
+        str(allowed / "set1"): "set1",  # under the allowed root (given as a symlink, stored resolved)
+        str(allowed): ".",
+        str(tmp_path / "data" / "reports" / "x" / "failures.csv"): "reports/x/failures.csv",
+        "data/reports/y.csv": "reports/y.csv",  # a relative data dir, as the default "data" is
+        "/somewhere/else/dataset": "dataset",  # outside both: the folder's name only
+        "": None,
+        None: None,
+    }
+    for path, want in cases.items():
+        assert public_path(path, settings) == want, path
