@@ -69,6 +69,9 @@ class BodySizeLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            metrics = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+            if metrics is not None:  # answered before any handler ran: count it as they would
+                metrics.errors.labels(code=BodyTooLargeError.code).inc()
             await self._too_large(scope, int(declared))(scope, receive, send)
             return
         seen = 0

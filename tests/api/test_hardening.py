@@ -156,11 +156,20 @@ def test_30mb_chunked_json_body_is_413(client: TestClient, route: str) -> None:
     assert resp.headers["x-request-id"] == "rid-big" and resp.json()["request_id"] == "rid-big"
 
 
+def _too_large_count(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('embedsvc_errors_total{code="too_large"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_declared_oversized_body_is_413_before_reading(client: TestClient) -> None:
+    before = _too_large_count(client)
     resp = client.post(
         "/indexes/x/jobs", content=b"{}", headers={"content-type": "application/json", "content-length": "99999999"}
     )
     assert resp.status_code == 413 and "99,999,999" in resp.json()["detail"]
+    assert _too_large_count(client) == before + 1  # counted like every other error
 
 
 # -- client paths the OS refuses --------------------------------------------------------------------
