@@ -1,9 +1,9 @@
 """Options shared by every subcommand, how they override the typed settings, and the one error wrapper.
 
-``ErrorLineGroup`` is the click group class of every embedsvc console app (``embedsvc``, the demo): its
-``main`` turns every failure into exactly one ``error: ...`` line on stderr and a non-zero exit, so no
-command needs its own try/except for the common cases. ``--debug`` (or ``EMBEDSVC_DEBUG=1``) also
-prints the traceback.
+``ErrorLineGroup`` (``ErrorLineCommand`` for a one-command app, the demo) is the click class of every
+embedsvc console app: its ``main`` turns every failure into exactly one ``error: ...`` line on stderr
+and a non-zero exit, so no command needs its own try/except for the common cases. ``--debug`` (or
+``EMBEDSVC_DEBUG=1``) also prints the traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from embedsvc.core.config import Settings, get_settings
 
@@ -134,8 +134,8 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
-class ErrorLineGroup(TyperGroup):
-    """A typer group whose ``main`` never lets a traceback reach the user (see the module docstring)."""
+class _ErrorLineMain:
+    """``main`` that never lets a traceback reach the user (see the module docstring)."""
 
     def main(  # type: ignore[override]
         self,
@@ -148,7 +148,7 @@ class ErrorLineGroup(TyperGroup):
     ) -> Any:
         debug = debug_requested(args)
         try:
-            rv = super().main(
+            rv = super().main(  # type: ignore[misc]
                 args=args,
                 prog_name=prog_name,
                 complete_var=complete_var,
@@ -166,6 +166,14 @@ class ErrorLineGroup(TyperGroup):
         if not standalone_mode:
             return code
         sys.exit(code)
+
+
+class ErrorLineGroup(_ErrorLineMain, TyperGroup):
+    """The click group class of ``embedsvc``: every subcommand's failures become one ``error:`` line."""
+
+
+class ErrorLineCommand(_ErrorLineMain, TyperCommand):
+    """The same for a single-command app (``python -m embedsvc.demo``)."""
 
 
 class QuietTracebackFormatter(logging.Formatter):
