@@ -36,7 +36,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from embedsvc.core.config import DEFAULT_MODELS, Settings  # noqa: E402
+from embedsvc.core.config import Settings  # noqa: E402
 from embedsvc.embedder import Embedder, load_embedder  # noqa: E402
 from embedsvc.images import decode_image  # noqa: E402
 from embedsvc.indexer.folder import folder_source  # noqa: E402
@@ -97,7 +97,7 @@ def peak_rss_mib() -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--models", nargs="+", default=None, help="default: the registry's default models")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--input-size", type=int, default=None, help="Override every model's input size.")
     parser.add_argument("--device", default="auto")
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             make_images(folder, args.images, (w, h))
         source = folder_source(folder, limit=args.images)
         n = len(source.items)
-        embedders = {key: load_embedder(key, settings=settings) for key in args.models}
+        embedders = {key: load_embedder(key, settings=settings) for key in args.models or settings.model_keys()}
         hw = torch.cuda.get_device_name() if device.startswith("cuda") else f"{torch.get_num_threads()} threads"
         origin = str(folder) if args.folder else f"{args.image_size} JPEGs made from the sample photos"
         say(f"device {device} ({hw}), torch {torch.__version__}, batch {args.batch_size}, workers {args.workers}, "

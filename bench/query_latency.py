@@ -38,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from embedsvc.core.config import DEFAULT_MODELS, Settings  # noqa: E402
+from embedsvc.core.config import Settings  # noqa: E402
 from embedsvc.embedder import Embedder, load_embedders  # noqa: E402
 from embedsvc.images import decode_image  # noqa: E402
 from embedsvc.main import create_app  # noqa: E402
@@ -268,7 +268,7 @@ def report(args: argparse.Namespace, embedders: dict[str, Embedder], res: dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--models", nargs="+", default=None, help="default: the registry's default models")
     parser.add_argument("--n", type=int, default=50_000, help="Vectors per model.")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--queries", type=int, default=30, help="Sequential queries (each paired with a floor).")
@@ -289,14 +289,14 @@ def main() -> None:
     settings = Settings(
         data_dir=tmp,
         milvus_uri=args.uri,
-        models=args.models,
+        models=args.models or [],
         offline=True,
         allow_random_weights=True,
         device=args.device,
         input_size=args.input_size,
         max_k=max(100, args.k),
     )
-    embedders = load_embedders(args.models, settings=settings)
+    embedders = load_embedders(settings.model_keys(), settings=settings)
     log.info(
         "models %s; torch threads %d",
         ", ".join(f"{k} ({e.dim})" for k, e in embedders.items()),

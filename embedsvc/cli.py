@@ -45,7 +45,7 @@ def models_cmd(
     from embedsvc.models.registry import get_spec, list_specs
 
     settings = apply_overrides(models=models, weights=weights, allow_random=allow_random_weights, device=device)
-    specs = [get_spec(k) for k in settings.models] if models else list_specs()
+    specs = [get_spec(k) for k in settings.model_keys()] if models else list_specs()
     rows = []
     for spec in specs:
         row = {"key": spec.key, "model_name": spec.model_name, "display_name": spec.display_name,

@@ -109,7 +109,7 @@ def create_app(
     store_factory: Callable[[], Store] | None = None,
 ) -> FastAPI:
     """A new app. ``embedders``/``store_factory`` let tests and benchmarks share already-loaded objects;
-    by default the lifespan loads ``settings.models`` and connects to ``settings``' Milvus."""
+    by default the lifespan loads ``settings.model_keys()`` and connects to ``settings``' Milvus."""
     settings = settings or get_settings()
     metrics = Metrics()
 
@@ -119,7 +119,7 @@ def create_app(
         if loaded is None:
             from embedsvc.embedder import load_embedders
 
-            loaded = await run_in_threadpool(load_embedders, settings.models, settings=settings)
+            loaded = await run_in_threadpool(load_embedders, settings.model_keys(), settings=settings)
         for emb in loaded.values():
             if emb.untrained:
                 log.warning("%s is serving UNTRAINED random weights (%s)", emb.key, emb.provenance.label)

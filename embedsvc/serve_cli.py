@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
             "serving on http://%s:%d with models %s (Milvus: %s)",
             settings.host,
             settings.port,
-            ", ".join(settings.models),
+            ", ".join(settings.model_keys()),
             settings.resolved_milvus_uri,
         )
         uvicorn.run(

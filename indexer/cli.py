@@ -123,7 +123,7 @@ def _run(
     stop = threading.Event()
     try:
         try:
-            embedders = load_embedders(settings.models, settings=settings)
+            embedders = load_embedders(settings.model_keys(), settings=settings)
         except (WeightsNotFoundError, KeyError) as exc:
             raise _fail(str(exc).strip("'\"")) from None
         labels = {k: f"{k} (untrained)" if e.untrained else k for k, e in embedders.items()}

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODELS = ("gresnet50", "convnext_tiny", "deit3_small")
 _SERVER_SCHEMES = ("http", "https", "tcp", "grpc", "unix")
 
 
@@ -41,7 +39,9 @@ class Settings(BaseSettings):
     )
 
     # --- models --------------------------------------------------------------------------------
-    models: list[str] = Field(default=list(DEFAULT_MODELS), description="Embedder keys to load.")
+    models: list[str] = Field(
+        default_factory=list, description="Embedder keys to load; empty: the registry's default models (model_keys())."
+    )
     device: str = Field(default="auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     normalize: bool = Field(
         default=True,
@@ -105,6 +105,15 @@ class Settings(BaseSettings):
             raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, not {value!r}")
         return value
 
+    def model_keys(self) -> list[str]:
+        """The models to load: ``models``, else the registry's defaults (the registry owns them; imported
+        only here, so that settings stay importable without torch, as the web UI needs)."""
+        if self.models:
+            return list(self.models)
+        from embedsvc.models.registry import list_specs
+
+        return [spec.key for spec in list_specs(default_only=True)]
+
     @property
     def resolved_milvus_uri(self) -> str:
         return self.milvus_uri or str(self.data_dir / "milvus.db")
@@ -120,8 +129,6 @@ class Settings(BaseSettings):
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
-
-LogFormat = Literal["rich", "plain"]
 
 
 @lru_cache
