@@ -28,6 +28,13 @@ def invoke(args: list[str]):
     return CliRunner().invoke(app, args)
 
 
+def error_line(stderr: str) -> str:
+    """The one ``error:`` line of a failed command (INFO log lines of the run may come before it)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
 def rows_by_path(store: Store, index: str, key: str) -> dict[str, np.ndarray]:
     ids = list(store.existing_rows(index, key))
     rows = store.get_rows(index, key, ids, with_vectors=True)
@@ -116,7 +123,7 @@ def test_database_in_use(tmp_path: Path, cli_env, share: str) -> None:
                          "-m", "deit3_small", "--allow-random-weights", "--device", "cpu"])
         if share == "private":
             assert result.exit_code == 1
-            assert result.stderr.startswith("error: ") and "in use by pytest holder" in result.stderr
+            assert error_line(result.stderr).startswith("error: ") and "in use by pytest holder" in result.stderr
             assert "Traceback" not in result.output
         else:
             assert result.exit_code == 0, result.output
@@ -152,7 +159,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, cli_env, monkeypatch: pytest.Mo
 
     result = invoke(["index", "folder", str(root), "--name", "e", "--data-dir", str(tmp_path / "d2"), "-m",
                      "deit3_small", "--device", "cpu"])
-    assert result.exit_code == 1 and result.stderr.startswith("error: no weights for deit3_small")
+    assert result.exit_code == 1 and error_line(result.stderr).startswith("error: no weights for deit3_small")
 
     result = invoke(["index", "folder", str(root), "--name", "e", "--shard", "3/3", *data])
     assert result.exit_code == 1 and "error: --shard" in result.stderr
