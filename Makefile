@@ -30,8 +30,10 @@ test: install browser-deps
 	$(BIN)/ruff check embedsvc indexer webui tests bench
 	$(BIN)/python -m pytest -q
 
+# Other ports: make demo DEMO_ARGS="--api-port 8010 --ui-port 8511" (or EMBEDSVC_DEMO_API_PORT / _UI_PORT).
+DEMO_ARGS ?=
 demo: install
-	$(BIN)/python -m embedsvc.demo
+	$(BIN)/python -m embedsvc.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) data build *.egg-info
