@@ -19,6 +19,7 @@ from pathlib import Path
 
 from embedsvc.indexer.listing import EntryFailure
 from embedsvc.paths import name_bytes, stored_rel_path
+from embedsvc.store.rows import MAXLEN
 
 # Extensions that make a file a candidate even when its content does not sniff as an image, so that a
 # corrupt ``photo.jpg`` is reported as a failure instead of silently ignored.
@@ -106,3 +107,25 @@ def shard_refused(refused: list[EntryFailure], shard: tuple[int, int] | None) ->
     if shard is None:
         return list(refused)
     return [f for f in refused if shard_of(f.rel_path, shard[1]) == shard[0]]
+
+
+def within_store_limits(items: list[Item]) -> tuple[list[Item], list[EntryFailure]]:
+    """(items the store can keep, refusals): a stored path or label longer than its VARCHAR would fail the write.
+
+    Non-UTF-8 bytes take four characters in the stored form, so a deep path of them can pass the limit
+    that its raw bytes are far under; one such row would otherwise abort the writer and the whole run.
+    """
+    kept: list[Item] = []
+    refused: list[EntryFailure] = []
+    max_path, max_label = MAXLEN["rel_path"], MAXLEN["label_name"]
+    for item in items:
+        path_len, label_len = len(item.stored.encode()), len(item.label_name.encode())
+        if path_len > max_path:
+            detail = f"path is {path_len} bytes as stored; an index keeps at most {max_path}"
+            refused.append(EntryFailure(item.rel_path, "name_too_long", detail))
+        elif label_len > max_label:
+            detail = f"label is {label_len} bytes; an index keeps at most {max_label}"
+            refused.append(EntryFailure(item.rel_path, "label_too_long", detail))
+        else:
+            kept.append(item)
+    return kept, refused

@@ -16,6 +16,7 @@ from embedsvc.indexer.datasets import (
     parse_shard,
     shard_refused,
     subset,
+    within_store_limits,
 )
 from embedsvc.indexer.listing import EntryFailure, list_files
 from embedsvc.paths import stored_rel_path
@@ -92,6 +93,8 @@ def folder_source(
     label_names = sorted(set(names.values())) if (labels_from_dirs or labels_csv) else None
     ids = {name: i for i, name in enumerate(label_names or [])}
     items = [Item(rp, ids[names[rp]], names[rp]) if rp in names else Item(rp) for rp in rel_paths]
+    items, too_long = within_store_limits(items)
+    refused = sorted(refused + too_long, key=lambda f: f.rel_path)
     selected = subset(items, limit, shard_t)
     log.info("folder %s: %d images found, %d selected, %d entries refused", root, len(items), len(selected),
              len(refused))

@@ -219,3 +219,17 @@ def test_imagenet_layouts_refuse_odd_entries(tmp_path: Path) -> None:
     os.symlink("ILSVRC2012_val_99999998.JPEG", flat / "ILSVRC2012_val_99999999.JPEG")  # dangling
     src = imagenet_val_source(flat)
     assert [(f.rel_path, f.reason) for f in src.refused] == [("ILSVRC2012_val_99999999.JPEG", "dangling_symlink")]
+
+
+def test_labels_longer_than_the_store_keeps_are_refused_not_fatal(tmp_path: Path) -> None:
+    """A 255-byte Latin-1 label folder is 1020 bytes once stored: over the 512 a row keeps, so it is a failure."""
+    root = tmp_path / "photos"
+    (root / "ok").mkdir(parents=True)
+    (root / "ok" / "a.png").write_bytes(png_bytes(1))
+    long_dir = os.path.join(os.fsencode(root), b"\xe9" * 255)
+    os.mkdir(long_dir)
+    with open(os.path.join(long_dir, b"b.png"), "wb") as fh:
+        fh.write(png_bytes(2))
+    src = folder_source(root, labels_from_dirs=True)
+    assert [it.rel_path for it in src.items] == ["ok/a.png"]
+    assert [(f.reason, "512" in f.detail) for f in src.refused] == [("label_too_long", True)]

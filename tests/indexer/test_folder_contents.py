@@ -99,6 +99,9 @@ def _deep_failure_rel(root: Path) -> str:
     raise AssertionError("tree not deep enough")
 
 
+LONG_UTF8 = (b"u" * 250 + b"/") * 12 + b"x.png"  # 3017 bytes: within the store's 4096
+LONG_BAD = (b"\xe9" * 250 + b"/") * 5 + b"x.png"  # 1260 bytes on disk, 5010 once every byte is written \xNN
+
 CASES = [
     Case("plain file", "plain.png", INDEXED, lambda r, o: _write(r, b"plain.png", 1)),
     Case("UTF-8 non-ASCII name", "été-ß.png", INDEXED, lambda r, o: _write(r, "été-ß.png".encode(), 2)),
@@ -134,6 +137,21 @@ CASES = [
     Case("hidden file", ".hidden.png", ABSENT, lambda r, o: _write(r, b".hidden.png", 11)),
     Case("text file", "notes.txt", ABSENT, lambda r, o: (r / "notes.txt").write_text("not an image")),
     Case("folder nobody can list", "<deep>", "unreadable_folder", _deep),
+    Case("NFC é", "\u00e9.png", INDEXED, lambda r, o: _write(r, "\u00e9.png".encode(), 12)),
+    Case("NFD é beside it (another file)", "e\u0301.png", INDEXED, lambda r, o: _write(r, "e\u0301.png".encode(), 13)),
+    Case("newline in the name", "new\nline.png", INDEXED, lambda r, o: _write(r, b"new\nline.png", 14)),
+    Case("control character", "\x01ctrl.png", INDEXED, lambda r, o: _write(r, b"\x01ctrl.png", 15)),
+    Case("emoji", "\U0001f4f7.png", INDEXED, lambda r, o: _write(r, "\U0001f4f7.png".encode(), 16)),
+    Case("percent-encoded dots", "%2e%2e.png", INDEXED, lambda r, o: _write(r, b"%2e%2e.png", 17)),
+    Case("leading dash, spaces", "-a b .png", INDEXED, lambda r, o: _write(r, b"-a b .png", 18)),
+    Case("upper-case extension", "UPPER.PNG", INDEXED, lambda r, o: _write(r, b"UPPER.PNG", 19)),
+    Case("image without extension", "no_extension", INDEXED, lambda r, o: _write(r, b"no_extension", 20)),
+    Case("255-byte UTF-8 name", "\u00e9" * 125 + ".png", INDEXED,
+         lambda r, o: _write(r, ("\u00e9" * 125 + ".png").encode(), 21)),
+    Case("255-byte Latin-1 name", "\\xe9" * 251 + ".png", INDEXED, lambda r, o: _write(r, b"\xe9" * 251 + b".png", 22)),
+    Case("3 KB UTF-8 path", LONG_UTF8.decode(), INDEXED, lambda r, o: _write(r, LONG_UTF8, 23)),
+    Case("path over the store's limit once stored", stored_rel_path(os.fsdecode(LONG_BAD)), "name_too_long",
+         lambda r, o: _write(r, LONG_BAD, 24)),
 ]
 
 
