@@ -28,12 +28,15 @@ from embedsvc.core.config import Settings, get_settings
 from embedsvc.models import transforms
 from embedsvc.models.registry import EmbedderSpec, get_spec
 from embedsvc.models.weights import (
+    CheckpointError,
     Provenance,
+    ResolvedWeights,
     WeightsNotFoundError,
     create_with_weights,
     load_weights,
     resolve_weights_file,
-    sha256_of,
+    verified_sha256,
+    with_advice,
 )
 
 log = logging.getLogger(__name__)
@@ -170,29 +173,50 @@ def load_embedder(
     input_size: int | None = None,
     seed: int = 0,
 ) -> Embedder:
-    """Build, load weights (explicit, cache, hub; random only if allowed), fold, move to device."""
+    """Build, load weights (explicit, cache, hub; random only if allowed), fold, move to device.
+
+    With ``allow_random``, weights that resolve but do not load (a truncated download, a pickled module, a
+    checkpoint that does not fit) run this one model untrained, with the reason in its provenance, so one
+    bad file never stops the others; without it, the error names the file and what to do.
+    """
     settings = settings or get_settings()
     spec = get_spec(key)
     allow_random = settings.allow_random_weights if allow_random is None else allow_random
     input_size = input_size or settings.input_size
-    path: Path | None = None
+    reason: str | None = None
     try:
-        path, source = resolve_weights_file(
+        resolved: ResolvedWeights | None = resolve_weights_file(
             spec.model_name,
             spec.weights,
             explicit=weights or settings.weights.get(spec.key),
             cache_dir=settings.resolved_cache_dir,
             offline=settings.offline,
+            gdrive_url=settings.gdrive_url,
         )
     except WeightsNotFoundError as exc:
         if not allow_random:
             raise
         log.warning("%s -- using seeded random weights (untrained)", exc)
-        provenance = Provenance(source="random", sha256=None, trained=False, seed=seed)
-    else:
-        provenance = Provenance(source=source, sha256=sha256_of(path), trained=True)
-    torch.manual_seed(seed)  # seeded random init: the same "untrained" model in every process
-    model = build_model(spec, input_size, weights_file=path)
+        resolved, reason = None, str(exc)
+    model: nn.Module | None = None
+    if resolved is not None:
+        try:
+            sha256 = verified_sha256(resolved)
+            torch.manual_seed(seed)  # what the checkpoint does not hold (a missing classifier) is seeded too
+            model = build_model(spec, input_size, weights_file=resolved.path)
+        except CheckpointError as exc:
+            error = with_advice(exc, resolved.advice(spec.key))
+            if not allow_random:
+                raise error from exc
+            log.warning("%s: weights did not load -- running it UNTRAINED (seeded random weights).\n%s",
+                        spec.key, error.message)
+            reason = f"weights did not load: {error.message}"
+        else:
+            provenance = Provenance(source=resolved.source, sha256=sha256, trained=True)
+    if model is None:
+        provenance = Provenance(source="random", sha256=None, trained=False, seed=seed, reason=reason)
+        torch.manual_seed(seed)  # seeded random init: the same "untrained" model in every process
+        model = build_model(spec, input_size)
     data_config = transforms.data_config_for(model, input_size)
     model.eval()
     if spec.serve_transform is not None:

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     )
     cache_dir: Path | None = Field(default=None, description="Weights cache; default data_dir/models.")
     offline: bool = Field(default=False, description="Never contact a model hub (air-gapped machines, tests).")
+    gdrive_url: str = Field(
+        default="https://drive.google.com/uc?id={id}",
+        description="Where Google Drive weights (GResNet-50) are downloaded from, {id} the file id: a mirror, or a "
+        "test's local server. Hugging Face downloads follow huggingface_hub's own HF_ENDPOINT.",
+    )
     input_size: int | None = Field(
         default=None, description="Override every model's input size (e.g. 64 for fast CPU plumbing tests)."
     )

