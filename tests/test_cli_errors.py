@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from embedsvc.core.config import get_settings
-from tests.support import write_images
+from tests.support import REPO, write_images
 
 FAST = ["--workers", "0", "-m", "deit3_small", "--allow-random-weights", "--device", "cpu"]
 
@@ -309,3 +309,44 @@ def test_check(cli_env: dict[str, str]) -> None:
     assert check("x", 1, "", "error: one\nerror: two\n")
     assert check("x", 1, "", "Traceback (most recent call last):\nerror: x\n")
 
+
+
+def test_milvus_lite_dying_mid_run_is_one_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """SIGKILL the Lite server under a running `embedsvc index folder`: one error line, no traceback, exit 1."""
+    import signal
+    import threading
+
+    import psutil
+
+    write_images(tmp_path / "photos", 60)
+    env = cli_env | {"EMBEDSVC_MILVUS_TIMEOUT_S": "5"}
+    args = ["index", "folder", str(tmp_path / "photos"), "--name", "dying", "--batch-size", "4", *FAST]
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "indexer" / "slow_cli.py"), "0.5", *args],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    wrote = threading.Event()
+
+    def watch() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            err.append(line)
+            if "[index]" in line:  # the collection exists and batches are being embedded
+                wrote.set()
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    try:
+        assert wrote.wait(240), "".join(err)
+        lite = [p for p in psutil.Process(proc.pid).children(recursive=True) if "milvus" in p.name()]
+        assert lite, "".join(err)
+        for p in lite:
+            p.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    reader.join(10)
+    stderr = "".join(err)
+    problems = check("Lite killed mid-run", proc.returncode, out, stderr)
+    assert not problems, "\n".join(problems)
+    assert "milvus" in next(line for line in stderr.splitlines() if line.startswith("error: ")).lower()

@@ -10,8 +10,8 @@ imports it through here first (the store does, in ``Store._connect``).
 The same first import quiets two of pymilvus' own log lines that carry nothing for embedsvc's users,
 in every process that uses the store: the iterators' "failed to get mvccTs from milvus server" warning
 (Milvus Lite has no MVCC timestamp; the client-side one is right) on every collection, and the RPC
-decorator's error records with a full traceback, which the store re-raises as one ``StoreError`` line
-anyway (``EMBEDSVC_DEBUG=1`` keeps them).
+decorator's and connection manager's error records with a full traceback, which the store re-raises as
+one ``StoreError`` line anyway (``EMBEDSVC_DEBUG=1`` keeps them).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from types import ModuleType
 _ENV = "MILVUS_URI"
 _lock = threading.Lock()
 _ITERATOR_LOGGERS = ("pymilvus.client.iterator.query_iterator", "pymilvus.client.iterator.search_iterator")
-_RPC_LOGGER = "pymilvus.decorators"
+_RPC_LOGGERS = ("pymilvus.decorators", "pymilvus.client.connection_manager")
+_OWN_HANDLER_LOGGERS = ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer")
 
 
 def _not_mvcc_ts(record: logging.LogRecord) -> bool:
@@ -34,13 +35,23 @@ def _not_mvcc_ts(record: logging.LogRecord) -> bool:
 
 
 def quiet_pymilvus_logs() -> None:
-    """Drop the mvccTs warnings and (unless EMBEDSVC_DEBUG) the RPC tracebacks; idempotent."""
+    """Drop the mvccTs warnings and (unless EMBEDSVC_DEBUG) the RPC tracebacks; idempotent.
+
+    pymilvus also installs its own stderr handlers (``propagate=False``); they are removed so that its
+    records reach the application's handlers, whose policy (one line, the traceback only with --debug)
+    then applies to them too.
+    """
+    for name in _OWN_HANDLER_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
     for name in _ITERATOR_LOGGERS:
         logger = logging.getLogger(name)
         if _not_mvcc_ts not in logger.filters:
             logger.addFilter(_not_mvcc_ts)
     if os.environ.get("EMBEDSVC_DEBUG", "").strip().lower() not in ("1", "true", "yes", "on"):
-        logging.getLogger(_RPC_LOGGER).setLevel(logging.CRITICAL)
+        for name in _RPC_LOGGERS:  # their failures are re-raised and reported once, as StoreError
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def import_pymilvus() -> ModuleType:
