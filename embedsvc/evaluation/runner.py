@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from embedsvc.evaluation import metrics as M
+from embedsvc.evaluation import stats as S
+from embedsvc.evaluation.schemas import verdict
 from embedsvc.store import IndexNotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ N_WORST = 10
 N_CONFUSIONS = 10
 N_HUBS = 10
 N_EXAMPLES = 10
+FUSED = "fused_rrf"
+FUSE_DEPTH = 100  # each model's ranking is fused over its top FUSE_DEPTH (at least the largest cut-off)
 
 Progress = Callable[[int], None]
 
@@ -66,6 +70,54 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
+def metric_values(
+    nb: M.Neighbours,
+    labels: np.ndarray,
+    query_rows: np.ndarray,
+    ks: Sequence[int],
+    *,
+    knn_k: int = KNN_K,
+    vote_weights: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-query value of every metric, over the evaluable queries (R >= 1) in query order.
+
+    Each aggregate metric is the mean of its array; the bootstrap and the paired tests resample these.
+    ``vote_weights`` (q, knn_k) replace 1/d in the weighted vote (a fused ranking has scores, not distances).
+    """
+    return _metric_values(nb, labels, query_rows, ks, knn_k=knn_k, vote_weights=vote_weights)[0]
+
+
+def _metric_values(
+    nb: M.Neighbours,
+    labels: np.ndarray,
+    query_rows: np.ndarray,
+    ks: Sequence[int],
+    *,
+    knn_k: int = KNN_K,
+    vote_weights: np.ndarray | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``metric_values`` plus the unweighted kNN prediction of every query (the vote is the costly part)."""
+    qlab = labels[query_rows]
+    nlab = labels[nb.rows]
+    n_rel = M.others_with_label(labels, qlab)
+    ok = n_rel > 0
+    rel = M.relevance(nlab, qlab)[ok]
+    knn_k = min(knn_k, nb.rows.shape[1])
+    weights = M.distance_weights(nb.dist[:, :knn_k]) if vote_weights is None else vote_weights[:, :knn_k]
+    pred = M.knn_vote(nlab[:, :knn_k])
+    out = {
+        "knn_top1": (pred == qlab)[ok].astype(float),
+        "knn_top1_weighted": (M.knn_vote(nlab[:, :knn_k], weights) == qlab)[ok].astype(float),
+    }
+    for k in ks:
+        out[f"precision@{k}"] = M.precision_at(rel, k)
+    for k in ks:
+        out[f"hit@{k}"] = M.hit_at(rel, k)
+    for k in ks:
+        out[f"map@{k}"] = M.average_precision_at(rel, k, n_rel[ok])
+    return out, pred
+
+
 def score_model(
     nb: M.Neighbours,
     labels: np.ndarray,
@@ -74,29 +126,19 @@ def score_model(
     *,
     knn_k: int = KNN_K,
     class_k: int = CLASS_K,
+    vote_weights: np.ndarray | None = None,
 ) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
     """Aggregate metrics for one model's neighbours, plus the per-query values behind them.
 
     Averages run over evaluable queries (R >= 1) only; see module ``metrics`` for the conventions.
+    The per-query values of each metric (evaluable queries only) are in ``per_query["metric:<name>"]``.
     """
     qlab = labels[query_rows]
     nlab = labels[nb.rows]
     n_rel = M.others_with_label(labels, qlab)
     ok = n_rel > 0
-    rel = M.relevance(nlab, qlab)[ok]
-    knn_k = min(knn_k, nb.rows.shape[1])
-    pred = M.knn_vote(nlab[:, :knn_k])
-    pred_w = M.knn_vote(nlab[:, :knn_k], M.distance_weights(nb.dist[:, :knn_k]))
-    out: dict[str, float | None] = {
-        "knn_top1": _mean((pred == qlab)[ok].astype(float)),
-        "knn_top1_weighted": _mean((pred_w == qlab)[ok].astype(float)),
-    }
-    for k in ks:
-        out[f"precision@{k}"] = _mean(M.precision_at(rel, k))
-    for k in ks:
-        out[f"hit@{k}"] = _mean(M.hit_at(rel, k))
-    for k in ks:
-        out[f"map@{k}"] = _mean(M.average_precision_at(rel, k, n_rel[ok]))
+    values, pred = _metric_values(nb, labels, query_rows, ks, knn_k=knn_k, vote_weights=vote_weights)
+    out: dict[str, float | None] = {name: _mean(v) for name, v in values.items()}
     class_k = min(class_k, nb.rows.shape[1])
     per_query = {
         "evaluable": ok,
@@ -107,7 +149,7 @@ def score_model(
         f"precision@{class_k}": M.precision_at(M.relevance(nlab, qlab), class_k),
         f"ap@{class_k}": M.average_precision_at(M.relevance(nlab, qlab), class_k, n_rel),
         "knn_pred": pred,
-    }
+    } | {f"metric:{name}": v for name, v in values.items()}
     return out, per_query
 
 
@@ -122,14 +164,21 @@ def evaluate_arrays(
     k_list: Sequence[int] = DEFAULT_K_LIST,
     knn_k: int = KNN_K,
     chance_seed: int | None = 0,
+    ci_resamples: int = S.DEFAULT_RESAMPLES,
+    ci_seed: int = 0,
+    fuse: bool = True,
     device: str = "cpu",
     progress: Progress | None = None,
 ) -> Evaluation:
     """Leave-one-out evaluation of several models over the same rows (``ids``, ``labels`` shared).
 
     ``chance_seed``: also score the same neighbours against labels shuffled with that seed, the level
-    a model with no idea of content would reach on this set (None skips it).
+    a model with no idea of content would reach on this set (None skips it). ``ci_resamples`` and
+    ``ci_seed``: the bootstrap CIs and paired tests (module ``stats``). ``fuse``: with two or more
+    models, also evaluate their reciprocal rank fusion as the entry ``fused_rrf``.
     """
+    if ci_resamples < 1:
+        raise ValueError("ci_resamples must be at least 1")
     ids = np.asarray(ids, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
     order = np.argsort(ids, kind="stable")  # tie-breaking by row index == by id
@@ -139,6 +188,9 @@ def evaluate_arrays(
         raise ValueError(f"an index needs at least 2 rows to evaluate, this one has {n}")
     if len(np.unique(ids)) != n:
         raise ValueError("duplicate ids")
+    fuse = fuse and len(vectors) >= 2
+    if fuse and FUSED in vectors:
+        raise ValueError(f"a model may not be called {FUSED!r} (the fused entry's name)")
     names = {int(k): v for k, v in (label_names or {}).items()}
 
     def name(label: int) -> str:
@@ -146,6 +198,7 @@ def evaluate_arrays(
 
     ks = M.effective_ks(k_list, n)
     k_max = min(max([*ks, knn_k, HUB_K, JACCARD_K, CLASS_K]), n - 1)
+    depth = max(k_max, min(FUSE_DEPTH, n - 1)) if fuse else k_max  # each model's list the fusion reads
     query_rows = sample_queries(labels, sample, seed)
     n_rel = M.others_with_label(labels, labels[query_rows])
     evaluable = n_rel > 0
@@ -173,15 +226,13 @@ def evaluate_arrays(
     }
     neighbour_rows: dict[str, np.ndarray] = {}
     correct: dict[str, np.ndarray] = {}
-    for key, vecs in vectors.items():
-        vecs = np.asarray(vecs)[order]
-        t0 = time.perf_counter()
-        nb = M.exact_knn(vecs, query_rows, k_max, device=device, progress=progress)
-        search_s = time.perf_counter() - t0
-        scores, pq = score_model(nb, labels, query_rows, ks, knn_k=knn_k)
-        neighbour_rows[key] = nb.rows
-        correct[key] = pq["correct@1"]
-        entry: dict[str, Any] = {"metrics": scores, "search_seconds": round(search_s, 3)}
+    values: dict[str, dict[str, np.ndarray]] = {}
+    deep: dict[str, np.ndarray] = {}
+
+    def add_entry(key: str, nb: M.Neighbours, seconds: float, vote_weights: np.ndarray | None = None) -> None:
+        scores, pq = score_model(nb, labels, query_rows, ks, knn_k=knn_k, vote_weights=vote_weights)
+        values[key] = {m: pq[f"metric:{m}"] for m in scores}
+        entry: dict[str, Any] = {"metrics": scores, "search_seconds": round(seconds, 3)}
         ok = pq["evaluable"]
         class_k = min(CLASS_K, n - 1)
         per_class = M.per_class_mean(pq[f"precision@{class_k}"][ok], labels[query_rows][ok])
@@ -203,15 +254,108 @@ def evaluate_arrays(
             "top": [{"id": int(ids[r]), "label": name(int(labels[r])), "count": int(occ[r])} for r in top],
         }
         if chance_labels is not None:
-            entry["chance"], _ = score_model(nb, chance_labels, query_rows, ks, knn_k=knn_k)
+            entry["chance"], _ = score_model(
+                nb, chance_labels, query_rows, ks, knn_k=knn_k, vote_weights=vote_weights
+            )
         summary["models"][key] = entry
         for col in ("top1_label", "correct@1", f"precision@{class_k}", f"ap@{class_k}", "knn_pred"):
             per_query[f"{key}:{col}"] = pq[col]
         per_query[f"{key}:top1_id"] = ids[pq["top1_row"]]
+        if key != FUSED:
+            neighbour_rows[key] = nb.rows
+            correct[key] = pq["correct@1"]
+
+    for key, vecs in vectors.items():
+        vecs = np.asarray(vecs)[order]
+        t0 = time.perf_counter()
+        nb = M.exact_knn(vecs, query_rows, depth, device=device, progress=progress)
+        search_s = time.perf_counter() - t0
+        deep[key] = nb.rows
+        add_entry(key, M.Neighbours(nb.rows[:, :k_max], nb.dist[:, :k_max]), search_s)
+
+    summary["fusion"] = None
+    if fuse:
+        t0 = time.perf_counter()
+        rows, scores = M.reciprocal_rank_fusion(list(deep.values()), k_max, k=M.RRF_K)
+        add_entry(FUSED, M.Neighbours(rows, np.zeros(rows.shape, np.float32)), time.perf_counter() - t0, scores)
+        of = list(vectors)
+        summary["models"][FUSED]["model"] = {
+            "model_name": "rrf",
+            "display_name": f"reciprocal rank fusion (k={M.RRF_K}) of {', '.join(of)}",
+            "weights": f"RRF (k={M.RRF_K}) of {', '.join(of)}",
+        }
+        summary["fusion"] = {"key": FUSED, "method": "rrf", "k": M.RRF_K, "of": of, "depth": depth}
 
     summary["cross_model"] = _cross_model(neighbour_rows, correct, evaluable, ids[query_rows], n)
+    summary["uncertainty"], summary["paired"] = _uncertainty(summary["models"], values, ci_resamples, ci_seed)
     per_query["evaluable"] = evaluable
     return Evaluation(summary, per_query)
+
+
+def _uncertainty(
+    models: dict[str, Any], values: Mapping[str, Mapping[str, np.ndarray]], resamples: int, seed: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Add ``metrics_ci`` to every entry of ``models``; return the method's description and the paired tests.
+
+    One bootstrap over the evaluated queries serves every model and metric (same resampled queries),
+    so a pair's CI of the difference is the paired bootstrap of the per-query difference.
+    """
+    keys = list(values)
+    metric_names = list(next(iter(values.values()))) if keys else []
+    n = len(values[keys[0]][metric_names[0]]) if keys and metric_names else 0
+    info: dict[str, Any] = {
+        "confidence": S.CONFIDENCE,
+        "method": "percentile bootstrap over the evaluated queries",
+        "resamples": resamples,
+        "seed": seed,
+        "alpha": S.SIGNIFICANCE,
+        "adjustment": "holm",
+        "tests": {S.MCNEMAR: "binary per-query metrics (kNN votes, P@1, hit@k)", S.PERMUTATION: "the others"},
+        "n_comparisons": 0,
+    }
+    if n == 0:  # nothing evaluable: no intervals, nothing to compare
+        for key in keys:
+            models[key]["metrics_ci"] = dict.fromkeys(metric_names)
+        return info, []
+    columns = [(key, m) for key in keys for m in metric_names]
+    matrix = np.stack([values[key][m] for key, m in columns], axis=1)
+    boot = S.bootstrap_means(matrix, resamples, seed)
+    ci = S.percentile_ci(boot)
+    col = {c: i for i, c in enumerate(columns)}
+    for key in keys:
+        models[key]["metrics_ci"] = {m: ci[col[(key, m)]].tolist() for m in metric_names}
+    singles = [k for k in keys if k != FUSED]
+    pairs = [(a, b) for i, a in enumerate(singles) for b in singles[i + 1 :]]
+    pairs += [(FUSED, b) for b in singles] if FUSED in keys else []
+    paired: list[dict[str, Any]] = []
+    if not pairs:  # one model: nothing to compare
+        return info, []
+    diff_boot = np.stack([boot[:, col[(a, m)]] - boot[:, col[(b, m)]] for a, b in pairs for m in metric_names], 1)
+    diff_ci = S.percentile_ci(diff_boot)
+    permuted = [(a, b, m) for a, b in pairs for m in metric_names if not S.is_binary_metric(m)]
+    perm_of: dict[tuple[str, str, str], float] = {}
+    if permuted:
+        diffs = np.stack([values[a][m] - values[b][m] for a, b, m in permuted], 1)
+        perm_of = dict(zip(permuted, S.sign_flip_p_values(diffs, resamples, seed).tolist(), strict=True))
+    for j, (a, b, m) in enumerate((a, b, m) for a, b in pairs for m in metric_names):
+        binary = S.is_binary_metric(m)
+        paired.append(
+            {
+                "a": a,
+                "b": b,
+                "metric": m,
+                "diff": float(values[a][m].mean() - values[b][m].mean()),
+                "ci": diff_ci[j].tolist(),
+                "p_value": S.mcnemar_exact(values[a][m], values[b][m]) if binary else perm_of[(a, b, m)],
+                "test": S.MCNEMAR if binary else S.PERMUTATION,
+                "n_queries": n,
+            }
+        )
+    for entry, p in zip(paired, S.holm([e["p_value"] for e in paired]), strict=True):
+        entry["p_holm"] = p
+        entry["verdict"] = verdict(entry["a"], entry["b"], entry["diff"], p)
+    info["n_comparisons"] = len(paired)
+    return info, paired
 
 
 def _cross_model(
@@ -318,6 +462,9 @@ def evaluate_index(
     seed: int = 0,
     k_list: Sequence[int] = DEFAULT_K_LIST,
     chance_seed: int | None = 0,
+    ci_resamples: int = S.DEFAULT_RESAMPLES,
+    ci_seed: int = 0,
+    fuse: bool = True,
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
@@ -354,15 +501,19 @@ def evaluate_index(
         seed=seed,
         k_list=k_list,
         chance_seed=chance_seed,
+        ci_resamples=ci_resamples,
+        ci_seed=ci_seed,
+        fuse=fuse,
         device=device,
         progress=callback,
     )
     summary = {"index": index, "version": [list(v) for v in version]} | ev.summary
     for key, entry in summary["models"].items():
-        entry["model"] = _model_info(store.get_manifest(index, key))
-        entry["fetch_seconds"] = fetch_s[key]
+        if key in fetched:  # the fused entry has no collection of its own; its rows are everyone's
+            entry["model"] = _model_info(store.get_manifest(index, key))
+            entry["fetch_seconds"] = fetch_s[key]
         hubs = entry["hubness"]["top"]
-        paths = _rel_paths(store, index, key, [h["id"] for h in hubs])
+        paths = _rel_paths(store, index, key if key in fetched else keys[0], [h["id"] for h in hubs])
         for hub in hubs:
             hub["rel_path"] = paths.get(hub["id"])
     ev.summary = summary

@@ -11,6 +11,16 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+SIGNIFICANT_BELOW = 0.05
+NO_DIFFERENCE = "no significant difference"
+
+
+def verdict(a: str, b: str, diff: float, p_holm: float) -> str:
+    """The one wording every output uses: "A better than B" only when the Holm-adjusted p is below 0.05."""
+    if p_holm < SIGNIFICANT_BELOW and diff != 0:
+        return f"{a} better than {b}" if diff > 0 else f"{b} better than {a}"
+    return NO_DIFFERENCE
+
 
 class EvalQueries(BaseModel):
     n_rows: int = Field(description="Rows shared by every model of the index.")
@@ -64,6 +74,9 @@ class Hubness(BaseModel):
 class ModelEval(BaseModel):
     model: EvalModelInfo | None = None
     metrics: dict[str, float | None]
+    metrics_ci: dict[str, list[float] | None] | None = Field(
+        default=None, description="95% percentile-bootstrap interval [low, high] of each metric, over queries."
+    )
     chance: dict[str, float | None] | None = Field(
         default=None, description="The same metrics against labels shuffled among the labelled rows."
     )
@@ -100,6 +113,42 @@ class CrossModel(BaseModel):
     agreement: Agreement
 
 
+class PairedComparison(BaseModel):
+    a: str
+    b: str
+    metric: str
+    diff: float = Field(description="metric of a minus metric of b.")
+    ci: list[float] = Field(description="95% paired-bootstrap interval of the per-query difference.")
+    p_value: float
+    p_holm: float = Field(description="Holm-adjusted over every comparison of the report.")
+    test: str = Field(description="mcnemar_exact (binary per-query metrics) or permutation (paired sign flips).")
+    n_queries: int | None = None
+    verdict: str | None = Field(default=None, description="'A better than B' when p_holm < 0.05, else no difference.")
+
+    def says(self) -> str:
+        """The verdict, recomputed when an older payload lacks it."""
+        return self.verdict or verdict(self.a, self.b, self.diff, self.p_holm)
+
+
+class Uncertainty(BaseModel):
+    confidence: float
+    method: str
+    resamples: int
+    seed: int
+    alpha: float
+    adjustment: str
+    tests: dict[str, str]
+    n_comparisons: int
+
+
+class Fusion(BaseModel):
+    key: str = Field(description="The entry of ``models`` holding the fused ranking's scores.")
+    method: str
+    k: int = Field(description="RRF constant: score = sum over models of 1 / (k + rank).")
+    of: list[str]
+    depth: int = Field(description="How many neighbours of each model's ranking are fused.")
+
+
 class EvalResponse(BaseModel):
     index: str
     version: list[list[str | int]] = Field(description="(model, live rows, row_count, updated_at) it was computed on.")
@@ -108,6 +157,9 @@ class EvalResponse(BaseModel):
     queries: EvalQueries
     models: dict[str, ModelEval]
     cross_model: CrossModel
+    paired: list[PairedComparison] = Field(default_factory=list)
+    uncertainty: Uncertainty | None = None
+    fusion: Fusion | None = None
     cached: bool = Field(description="True when served from the cache of this index version.")
     computed_at: datetime
     compute_seconds: float

@@ -143,11 +143,11 @@ def test_cli_writes_every_report_file(lite, tmp_path: Path) -> None:
     assert summary["models"]["wide"]["metrics"] == pytest.approx(want.summary["models"]["wide"]["metrics"])
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["model"] for r in rows] == ["narrow", "wide"]
+    assert [r["model"] for r in rows] == ["narrow", "wide", "fused_rrf"]  # the two models, then their fusion
     assert float(rows[1]["precision@1"]) == pytest.approx(want.summary["models"]["wide"]["metrics"]["precision@1"])
     with (out / "per_query.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 15
-    assert (out / "per_class.csv").read_text().count("\n") == 1 + 2 * 3
+    assert (out / "per_class.csv").read_text().count("\n") == 1 + 3 * 3  # (2 models + fused) x 3 classes
     assert (out / "precision_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "results.md").read_text()
     assert "produced by `embedsvc eval synth --sample 15 --seed 2 --k-list 1,5,50" in md
