@@ -8,9 +8,11 @@ and a non-zero exit, so no command needs its own try/except for the common cases
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import socket
 import sys
 import traceback
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from embedsvc.core.config import Settings, get_settings
+from embedsvc.core.errors import EmbedsvcError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -45,6 +48,47 @@ MILVUS_URI = Annotated[
 DATA_DIR = Annotated[
     str | None, typer.Option("--data-dir", metavar="DIR", help="Lite database, reports and caches go here.")
 ]
+
+
+class PortInUseError(EmbedsvcError):
+    """A server command's port is taken: say which port, who holds it, and how to pick another."""
+
+    code = "port_in_use"
+    http_status = 409
+
+
+def port_holder(port: int) -> str | None:
+    """Who listens on ``port`` (pid and command line), when psutil is installed and may see it."""
+    try:
+        import psutil
+    except ImportError:  # the light (UI-only) install
+        return None
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                try:
+                    command = " ".join(psutil.Process(conn.pid).cmdline())[:200]
+                except psutil.Error:
+                    command = "?"
+                return f"pid {conn.pid} ({command})"
+    return None
+
+
+def check_port_free(host: str, port: int, how_to_change: str) -> None:
+    """Fail fast, before loading anything, when ``host:port`` cannot be listened on (a server left running,
+    another program): one line instead of uvicorn's or Streamlit's own after minutes of start-up."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and Streamlit do
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise PortInUseError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            holder = port_holder(port)
+            by = f" by {holder}" if holder else ""
+            raise PortInUseError(
+                f"port {port} is already in use{by}; stop it, or pick another port with {how_to_change}"
+            ) from None
 
 
 def debug_requested(args: Sequence[str] | None = None) -> bool:

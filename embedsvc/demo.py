@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +29,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from embedsvc.cli_common import ErrorLineCommand, setup_logging
+from embedsvc.cli_common import ErrorLineCommand, check_port_free, setup_logging
 from embedsvc.core.config import get_settings
 from embedsvc.core.errors import EmbedsvcError
 
@@ -85,38 +83,6 @@ def index_samples(models: list[str]) -> None:
         log.info("indexed %s in %.1f s", DEMO_INDEX, summary.wall_s)
     finally:
         store.close()
-
-
-# -- ports ------------------------------------------------------------------------------------------
-def port_holder(port: int) -> str | None:
-    """Who listens on ``port`` (pid and command line), if this user may see it."""
-    import psutil
-
-    with contextlib.suppress(psutil.Error, OSError):
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-                try:
-                    command = " ".join(psutil.Process(conn.pid).cmdline())[:200]
-                except psutil.Error:
-                    command = "?"
-                return f"pid {conn.pid} ({command})"
-    return None
-
-
-def check_port_free(host: str, port: int, flag: str, env: str) -> None:
-    """DemoError naming the port, its holder and how to pick another, when ``host:port`` cannot be bound."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and Streamlit do
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise DemoError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-            holder = port_holder(port)
-            by = f" by {holder}" if holder else ""
-            raise DemoError(
-                f"port {port} is already in use{by}; stop it, or pick another port with {flag} N (or {env}=N)"
-            ) from None
 
 
 # -- children -------------------------------------------------------------------------------------------
@@ -191,8 +157,8 @@ def _raise_stopped(signum: int, frame: object) -> None:
 def run_demo(models: list[str], api_port: int, ui_port: int, skip_index: bool) -> None:
     """Check ports, index, start the API and the UI, and keep them until a signal or a child's exit."""
     host = "127.0.0.1"
-    check_port_free(host, api_port, "--api-port", "EMBEDSVC_DEMO_API_PORT")
-    check_port_free(host, ui_port, "--ui-port", "EMBEDSVC_DEMO_UI_PORT")
+    check_port_free(host, api_port, "--api-port N (or EMBEDSVC_DEMO_API_PORT=N)")
+    check_port_free(host, ui_port, "--ui-port N (or EMBEDSVC_DEMO_UI_PORT=N)")
     previous = {s: signal.signal(s, _raise_stopped) for s in STOP_SIGNALS}
     procs: list[subprocess.Popen] = []
     try:

@@ -15,7 +15,16 @@ from typing import Annotated
 
 import typer
 
-from embedsvc.cli_common import ALLOW_RANDOM, DATA_DIR, DEVICE, MILVUS_URI, MODELS, WEIGHTS, apply_overrides
+from embedsvc.cli_common import (
+    ALLOW_RANDOM,
+    DATA_DIR,
+    DEVICE,
+    MILVUS_URI,
+    MODELS,
+    WEIGHTS,
+    apply_overrides,
+    check_port_free,
+)
 from embedsvc.core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -134,6 +143,7 @@ def register(app: typer.Typer) -> None:
             cors_origins=cors_origin,
             input_size=input_size,
         )
+        check_port_free(settings.host, settings.port, "--port N (or EMBEDSVC_PORT=N)")
         set_torch_threads(torch_threads)
         log.info(
             "serving on http://%s:%d with models %s (Milvus: %s)",

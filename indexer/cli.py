@@ -163,7 +163,7 @@ def _run(
 
 @index_app.command("folder")
 def folder_cmd(
-    root: Annotated[Path, typer.Argument(help="Folder to index, recursively (images found by content).")],
+    root: Annotated[Path, typer.Argument(metavar="ROOT", help="Folder to index, recursively (images by content).")],
     name: NAME,
     labels_from_dirs: Annotated[
         bool, typer.Option("--labels-from-dirs", help="Label = first-level sub-folder name.")
@@ -212,7 +212,9 @@ def folder_cmd(
 
 @index_app.command("imagenet-val")
 def imagenet_val_cmd(
-    root: Annotated[Path, typer.Argument(help="ImageNet val: flat ILSVRC2012_val_*.JPEG or one folder per synset.")],
+    root: Annotated[
+        Path, typer.Argument(metavar="ROOT", help="ImageNet val: flat ILSVRC2012_val_*.JPEG or one folder per synset.")
+    ],
     labels: Annotated[
         Path | None,
         typer.Option(

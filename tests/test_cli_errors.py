@@ -7,6 +7,7 @@ the interpreter's own traceback printing would show if anything escaped the wrap
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ def make_inputs(tmp_path: Path) -> dict[str, Path]:
     }
 
 
-def cases(p: dict[str, Path]) -> list[Case]:
+def cases(p: dict[str, Path], held_port: int) -> list[Case]:
     photos, f = str(p["photos"]), ["index", "folder", str(p["photos"]), "--name", "t"]
     out: list[Case] = [
         # -- the command line itself -------------------------------------------------------------
@@ -183,6 +184,8 @@ def cases(p: dict[str, Path]) -> list[Case]:
         Case("serve --torch-threads letters", ["serve", "--torch-threads", "many"], "--torch-threads", code=2),
         Case("serve --log-level bogus", ["serve", "--log-level", "chatty"], "--log-level", code=2),
         Case("serve --allowed-root missing", ["serve", "--allowed-root", str(p["missing"])], "does-not-exist"),
+        Case("serve on a port in use", ["serve", "--port", str(held_port)], f"port {held_port} is already in use by"),
+        Case("ui on a port in use", ["ui", "--port", str(held_port)], f"port {held_port} is already in use by pid"),
         Case("ui --port letters", ["ui", "--port", "abc"], "--port", code=2),
         Case("ui --port negative", ["ui", "--port", "-5"], "--port", code=2),
         Case("ui --api-url not a URL", ["ui", "--api-url", "localhost"], "--api-url", code=2),
@@ -210,7 +213,10 @@ def check(name: str, code: int, stdout: str, stderr: str, case: Case | None = No
 def test_bad_input_table(tmp_path: Path, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     from embedsvc.cli import app
 
-    table = cases(make_inputs(tmp_path))
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    table = cases(make_inputs(tmp_path), holder.getsockname()[1])
     problems: list[str] = []
     for case in table:
         with monkeypatch.context() as m:
@@ -225,6 +231,7 @@ def test_bad_input_table(tmp_path: Path, cli_env: dict[str, str], monkeypatch: p
     failed = {p.split(":")[0] for p in problems}
     shown = sum("traceback shown" in p for p in problems)
     print(f"\nCLI bad-input table: {len(table)} cases, {len(table) - len(failed)} one-line errors, {shown} tracebacks")  # noqa: T201
+    holder.close()
     assert not problems, "\n".join(problems)
     assert len(table) >= 60
 

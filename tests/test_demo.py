@@ -108,7 +108,7 @@ def test_port_in_use_is_one_line_naming_port_holder_and_flag(tmp_path: Path) -> 
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert len(errors) == 1 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
     assert f"port {port} is already in use by pid {os.getpid()}" in errors[0]
-    assert "--ui-port N" in errors[0] and "EMBEDSVC_DEMO_UI_PORT" in errors[0]
+    assert "--ui-port N" in errors[0] and "EMBEDSVC_DEMO_UI_PORT=N" in errors[0]
     assert "indexed samples" not in proc.stderr and elapsed < 60  # checked before any indexing
 
 

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from embedsvc.cli_common import check_port_free
 from embedsvc.core.config import get_settings
 
 APP_PATH = Path(__file__).resolve().parent / "app.py"
@@ -78,4 +79,5 @@ def register(app: typer.Typer) -> None:
         url = api_url or get_settings().api_url
         if not url.startswith(("http://", "https://")):
             raise typer.BadParameter(f"expects http(s)://host:port, got {url!r}", param_hint="--api-url")
+        check_port_free(host, port, "--port N")
         run_ui(port=port, host=host, api_url=url)

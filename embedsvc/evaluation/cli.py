@@ -42,7 +42,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def eval_cmd(
-    index: Annotated[str, typer.Argument(help="Index name (as given to `embedsvc index ... --name`).")],
+    index: Annotated[str, typer.Argument(metavar="INDEX", help="Index name (as given to `embedsvc index --name`).")],
     sample: Annotated[
         int | None, typer.Option("--sample", min=1, help="Evaluate a seeded sample of N labelled queries.")
     ] = None,
