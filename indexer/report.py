@@ -23,6 +23,7 @@ from typing import Any
 
 from embedsvc.core.config import Settings
 from embedsvc.indexer.plan import IndexerError
+from embedsvc.store.errors import disk_full_as_error
 from embedsvc.store.naming import check_index_name
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,12 @@ def failures_report_path(settings: Settings, index_name: str, shard: tuple[int, 
 
 def write_failures_report(path: Path, failures: list[Failure]) -> Path:
     """A ``file,reason,detail`` CSV; anything unencodable in a detail is written backslash-escaped."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file", "reason", "detail"])
-        writer.writerows(failures)
+    with disk_full_as_error(path.parent, "writing the failures report"):  # CLI and jobs: one disk-full error
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["file", "reason", "detail"])
+            writer.writerows(failures)
     return path
 
 
