@@ -50,6 +50,13 @@ def eval_cmd(
     models: MODELS = None,
     k_list: Annotated[str, typer.Option("--k-list", help="Cut-offs for precision/hit/mAP@k.")] = "1,5,10,20,100",
     chance_seed: Annotated[int, typer.Option("--chance-seed", help="Seed of the shuffled-label chance baseline.")] = 0,
+    ci_resamples: Annotated[
+        int, typer.Option("--ci-resamples", min=1, help="Bootstrap / permutation resamples of the CIs and tests.")
+    ] = 10_000,
+    ci_seed: Annotated[int, typer.Option("--ci-seed", help="Seed of the bootstrap and permutation resamples.")] = 0,
+    fuse: Annotated[
+        bool, typer.Option("--fuse/--no-fuse", help="Also evaluate the RRF fusion of the models (fused_rrf).")
+    ] = True,
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: DATA_DIR/eval/INDEX).")] = None,
     update_doc: Annotated[
         Path | None,
@@ -63,7 +70,8 @@ def eval_cmd(
 ) -> None:
     """Leave-one-out retrieval metrics of every model in INDEX, from its stored vectors (no re-embedding).
 
-    Writes eval.json, metrics.csv, per_class.csv, per_query.csv, precision_at_k.png and results.md.
+    Writes eval.json, metrics.csv, per_class.csv, per_query.csv, paired.csv, precision_at_k.png and results.md.
+    Every metric carries a 95% bootstrap CI; every pair of models (and the RRF fusion) a Holm-adjusted test.
     """
     from embedsvc.evaluation import report
     from embedsvc.evaluation.runner import evaluate_index
@@ -102,6 +110,9 @@ def eval_cmd(
                 seed=seed,
                 k_list=ks,
                 chance_seed=chance_seed,
+                ci_resamples=ci_resamples,
+                ci_seed=ci_seed,
+                fuse=fuse,
                 device=settings.resolved_device(),
                 progress=advance,
             )
@@ -116,6 +127,9 @@ def eval_cmd(
     args += [a for m in models or [] for a in ("-m", m)]
     args += ["--k-list", ",".join(map(str, ks))] if ks != [1, 5, 10, 20, 100] else []
     args += ["--chance-seed", str(chance_seed)] if chance_seed else []
+    args += ["--ci-resamples", str(ci_resamples)] if ci_resamples != 10_000 else []
+    args += ["--ci-seed", str(ci_seed)] if ci_seed else []
+    args += [] if fuse else ["--no-fuse"]
     args += ["--data-dir", str(data_dir)] if data_dir else []
     args += ["--milvus-uri", milvus_uri] if milvus_uri else []
     with disk_full_as_error(out_dir, "writing the evaluation report"):

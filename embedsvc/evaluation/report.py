@@ -17,6 +17,8 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from embedsvc.evaluation.schemas import verdict
+
 log = logging.getLogger(__name__)
 
 SUMMARY_JSON = "eval.json"
@@ -25,6 +27,7 @@ PER_CLASS_CSV = "per_class.csv"
 PER_QUERY_CSV = "per_query.csv"
 PLOT_PNG = "precision_at_k.png"
 RESULTS_MD = "results.md"
+PAIRED_CSV = "paired.csv"
 
 
 def _fmt(value: Any) -> str:
@@ -33,6 +36,59 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
+
+
+def _fmt_ci(value: Any, ci: Any, sep: str = " ") -> str:
+    """A metric with its 95% interval, "0.841 [0.754, 0.913]"; the bare value when there is no interval."""
+    if value is None or not ci:
+        return _fmt(value)
+    return f"{_fmt(value)}{sep}[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _cell(entry: Mapping[str, Any], key: str, sep: str = " ") -> str:
+    return _fmt_ci(entry["metrics"].get(key), (entry.get("metrics_ci") or {}).get(key), sep)
+
+
+def significance_lines(summary: Mapping[str, Any]) -> list[str]:
+    """One line per pair over the headline metrics, grouped by verdict ("A better than B" / no difference).
+
+    The verdicts come from ``paired`` (Holm-adjusted over every comparison of the report, not only these).
+    """
+    titles = dict(headline_columns(summary))
+    by_pair: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for p in summary.get("paired") or []:
+        if p["metric"] in titles:
+            says = p.get("verdict") or verdict(p["a"], p["b"], p["diff"], p["p_holm"])
+            by_pair.setdefault((p["a"], p["b"]), {}).setdefault(says, []).append(titles[p["metric"]])
+    return [
+        f"{a} vs {b}: " + "; ".join(f"{says} on {', '.join(metrics)}" for says, metrics in groups.items())
+        for (a, b), groups in by_pair.items()
+    ]
+
+
+def uncertainty_line(summary: Mapping[str, Any]) -> str | None:
+    """How the intervals and tests were computed, in one sentence (None for a summary without them)."""
+    u = summary.get("uncertainty")
+    if not u:
+        return None
+    q = summary["queries"]["n_evaluated"]
+    text = (
+        f"Brackets: {u['confidence']:.0%} percentile-bootstrap intervals over the {q} evaluated queries "
+        f"({u['resamples']} resamples, seed {u['seed']})."
+    )
+    if u["n_comparisons"]:
+        text += (
+            f" Paired tests: McNemar's exact test for binary per-query metrics (kNN, P@1, hit@k), a sign-flip "
+            f"permutation test ({u['resamples']} resamples) for the others; p-values Holm-adjusted over all "
+            f"{u['n_comparisons']} comparisons in eval.json; 'better' only where the adjusted p < {u['alpha']}."
+        )
+    fusion = summary.get("fusion")
+    if fusion:
+        text += (
+            f" {fusion['key']}: reciprocal rank fusion (k = {fusion['k']}) of {', '.join(fusion['of'])}, "
+            f"each ranking read to depth {fusion['depth']}."
+        )
+    return text
 
 
 def headline_columns(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -64,6 +120,8 @@ def metric_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
             "n_rows": model.get("row_count", summary["queries"]["n_rows"]),
         }
         row |= entry["metrics"]
+        for metric, ci in (entry.get("metrics_ci") or {}).items():
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = ci if ci else (None, None)
         row[f"hub_skew@{entry['hubness']['k']}"] = entry["hubness"]["skewness"]
         if "chance" in entry:
             row["chance_precision@1"] = entry["chance"]["precision@1"]
@@ -96,11 +154,16 @@ def terminal_tables(summary: Mapping[str, Any]) -> list[RenderableType]:
         title=f"Leave-one-out retrieval ({summary.get('index', '')})",
     )
     for key, title in cols:
-        main.add_row(title, *[_fmt(e["metrics"].get(key)) for e in models.values()])
+        main.add_row(title, *[_cell(e, key, "\n") for e in models.values()])
     main.add_row(f"hub skew@{hub_k}", *[_fmt(e["hubness"]["skewness"]) for e in models.values()])
     if all("chance" in e for e in models.values()):
         main.add_row("chance P@1 (shuffled)", *[_fmt(e["chance"]["precision@1"]) for e in models.values()])
     tables: list[RenderableType] = [main, Text(queries_line(summary)), Text("weights: " + weights)]
+    if summary.get("paired"):  # every comparison's numbers are in eval.json and paired.csv
+        tables += [Text("Paired comparisons (Holm-adjusted):", style="bold")]
+        tables += [Text(line) for line in significance_lines(summary)]
+    if uncertainty_line(summary):
+        tables.append(Text(str(uncertainty_line(summary))))
     cross = summary.get("cross_model", {})
     if len(summary["models"]) > 1:
         pairs = Table("model A", "model B", "mean Jaccard@k", title="Neighbour overlap")
@@ -153,10 +216,14 @@ def markdown_table(summary: Mapping[str, Any], command: str | None = None) -> st
         lines.append(f"<!-- produced by `{command}`; do not edit by hand -->")
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|"]
     for key, entry in summary["models"].items():
-        cells = [key, *[_fmt(entry["metrics"].get(c[0])) for c in cols], _fmt(entry["hubness"]["skewness"])]
+        cells = [key, *[_cell(entry, c[0]) for c in cols], _fmt(entry["hubness"]["skewness"])]
         cells += [_fmt(entry.get("chance", {}).get("precision@1")), str(entry.get("model", {}).get("weights", ""))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", queries_line(summary) + "."]
+    if summary.get("paired"):
+        lines += ["", *[f"- {line}" for line in significance_lines(summary)]]
+    if uncertainty_line(summary):
+        lines += ["", str(uncertainty_line(summary))]
     cross = summary.get("cross_model", {})
     if len(summary["models"]) > 1:
         lines.append("")
@@ -227,11 +294,17 @@ def write_report(
         "per_query_csv": out_dir / PER_QUERY_CSV,
         "plot": out_dir / PLOT_PNG,
         "markdown": out_dir / RESULTS_MD,
+        "paired_csv": out_dir / PAIRED_CSV,
     }
     paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
     _write_csv(paths["metrics_csv"], metric_rows(summary))
     per_class = [{"model": key} | row for key, entry in summary["models"].items() for row in entry["per_class"]]
     _write_csv(paths["per_class_csv"], per_class)
+    paired = [
+        {k: v for k, v in p.items() if k != "ci"} | {"ci_low": p["ci"][0], "ci_high": p["ci"][1]}
+        for p in summary.get("paired") or []
+    ]
+    _write_csv(paths["paired_csv"], paired)
     columns = list(per_query)
     n = len(per_query[columns[0]]) if columns else 0
     with paths["per_query_csv"].open("w", newline="") as f:

@@ -254,9 +254,7 @@ def evaluate_arrays(
             "top": [{"id": int(ids[r]), "label": name(int(labels[r])), "count": int(occ[r])} for r in top],
         }
         if chance_labels is not None:
-            entry["chance"], _ = score_model(
-                nb, chance_labels, query_rows, ks, knn_k=knn_k, vote_weights=vote_weights
-            )
+            entry["chance"], _ = score_model(nb, chance_labels, query_rows, ks, knn_k=knn_k, vote_weights=vote_weights)
         summary["models"][key] = entry
         for col in ("top1_label", "correct@1", f"precision@{class_k}", f"ap@{class_k}", "knn_pred"):
             per_query[f"{key}:{col}"] = pq[col]
