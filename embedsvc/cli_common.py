@@ -206,7 +206,13 @@ class _ErrorLineMain:
             if isinstance(exc.code, str):
                 sys.stderr.write(f"error: {_one_line(exc.code)}\n")
         except BaseException as exc:  # noqa: BLE001 - this is the one place every failure is reported
-            code = report_error(exc, debug=debug)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as click shows it
+                exc.show()  # type: ignore[attr-defined]
+                code = exc.exit_code  # type: ignore[attr-defined]
+            elif isinstance(exc, BrokenPipeError):  # `embedsvc models --json | head`: the reader left
+                code = EXIT_ERROR
+            else:
+                code = report_error(exc, debug=debug)
         if not standalone_mode:
             return code
         sys.exit(code)

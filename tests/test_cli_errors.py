@@ -266,6 +266,15 @@ def test_real_processes_print_one_line_and_debug_shows_the_traceback(tmp_path: P
     assert via_env.returncode == 1 and via_env.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+def test_bare_groups_show_their_help_not_an_error(cli_env: dict[str, str]) -> None:
+    from embedsvc.cli import app
+
+    for args in ([], ["index"]):
+        result = CliRunner().invoke(app, args, prog_name="embedsvc")
+        assert result.exit_code == 2 and "Usage: embedsvc" in result.stderr and "Commands:" in result.stderr
+        assert "error:" not in result.output and "Traceback" not in result.output
+
+
 def test_unexpected_errors_name_their_type_and_point_at_debug() -> None:
     from embedsvc.cli_common import error_line
 
