@@ -360,7 +360,7 @@ def with_advice(exc: CheckpointError, advice: str) -> CheckpointError:
 # -- progress -------------------------------------------------------------------------------------------
 
 
-def _progress_class() -> type:
+def _progress_class(what: str) -> type:
     """huggingface_hub's tqdm (its bar on a terminal, its disable switches), logging where no bar shows.
 
     Where stderr is not a terminal (a service's log, a pipe) tqdm shows nothing, so each 10% of a
@@ -372,8 +372,7 @@ def _progress_class() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.done = int(kwargs.get("initial") or 0)
-            self.logged_pct = -1
-            self.what = str(kwargs.get("desc") or "download")
+            self.logged_pct = 0  # 0% is the "downloading ..." line before
 
         def update(self, n: float | None = 1) -> bool | None:
             self.done += int(n or 0)
@@ -394,10 +393,10 @@ def _progress_class() -> type:
                 pct = min(100, int(100 * self.done / self.total)) // 10 * 10
                 if pct > self.logged_pct:
                     self.logged_pct = pct
-                    log.info("downloading %s: %d%% of %s", self.what, pct, _megabytes(int(self.total)))
+                    log.info("downloading %s: %d%% of %s", what, pct, _megabytes(int(self.total)))
             elif self.done // (50 << 20) > self.logged_pct:
                 self.logged_pct = self.done // (50 << 20)
-                log.info("downloading %s: %s so far", self.what, _megabytes(self.done))
+                log.info("downloading %s: %s so far", what, _megabytes(self.done))
 
     return DownloadProgress
 
@@ -466,7 +465,8 @@ def _hf_download(source: WeightsSource) -> ResolvedWeights:
         "downloading %s/%s from %s into the Hugging Face cache %s",
         source.location, source.filename, constants.ENDPOINT, constants.HF_HUB_CACHE,
     )
-    path = Path(hf_hub_download(source.location, source.filename, tqdm_class=_progress_class()))
+    progress = _progress_class(f"{source.location}/{source.filename}")
+    path = Path(hf_hub_download(source.location, source.filename, tqdm_class=progress))
     return _hf_resolved(source, path)
 
 
@@ -506,13 +506,17 @@ def download_file(url: str, dest: Path, *, what: str) -> Path:
     try:
         tmp = tmp_dir / dest.name
         log.info("downloading %s from %s to %s", what, url, dest)
-        with _progress_class()(desc=dest.name, unit="B", unit_scale=True, total=None) as bar:
+        with _progress_class(dest.name)(desc=dest.name, unit="B", unit_scale=True, total=None) as bar:
             try:
                 gdown.download(url=url, output=str(tmp), quiet=True, progress=bar.advance_to, timeout=(10, 60),
                                retries=2)
             except gdown.exceptions.DownloadError as exc:
-                first = str(exc).split(".\n")[0].split(". ")[0]
-                raise OSError(f"download from {url} failed ({first}); nothing was cached, run again to retry") from None
+                said = re.split(r"[.;]\s", str(exc), maxsplit=1)[0]
+                of = f" of {bar.total}" if bar.total else ""
+                raise OSError(
+                    f"download from {url} broke off after {bar.done}{of} bytes ({said}); nothing was cached, "
+                    "run again to retry"
+                ) from None
         _refuse_non_weights(tmp, url)
         os.replace(tmp, dest)
     finally:
