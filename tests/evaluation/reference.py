@@ -136,3 +136,39 @@ def evaluate(
     }
     result["evaluable"] = evaluable
     return result
+
+
+def per_query(
+    vectors: np.ndarray, ids: np.ndarray, labels: np.ndarray, query_ids: list[int], ks: list[int]
+) -> dict[str, list[float]]:
+    """Per evaluable query (R >= 1, in the order given): P@k, hit@k and AP@k for each k, by a plain loop."""
+    row_of = {int(i): r for r, i in enumerate(ids)}
+    out: dict[str, list[float]] = {f"{m}@{k}": [] for m in ("precision", "hit", "map") for k in ks}
+    for qid in query_ids:
+        q = row_of[qid]
+        lab = int(labels[q])
+        r_count = sum(1 for j in range(len(ids)) if j != q and labels[j] == lab)
+        if r_count == 0:
+            continue
+        rel = [int(labels[j]) == lab for _, _, j in ranked(vectors, ids, q)]
+        for k in ks:
+            out[f"precision@{k}"].append(sum(rel[:k]) / k)
+            out[f"hit@{k}"].append(float(any(rel[:k])))
+            found, ap = 0, 0.0
+            for i in range(k):
+                if rel[i]:
+                    found += 1
+                    ap += found / (i + 1)
+            out[f"map@{k}"].append(ap / min(r_count, k))
+    return out
+
+
+def rrf_ranking(rankings: list[list[int]], k: int = 60) -> list[int]:
+    """Ids ordered by exact (Fraction) RRF score sum 1 / (k + rank), ties by the smaller id."""
+    from fractions import Fraction
+
+    score: dict[int, Fraction] = {}
+    for ranking in rankings:
+        for rank, i in enumerate(ranking, start=1):
+            score[i] = score.get(i, Fraction(0)) + Fraction(1, k + rank)
+    return sorted(score, key=lambda i: (-score[i], i))
