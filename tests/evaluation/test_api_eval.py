@@ -104,3 +104,16 @@ def test_served_by_the_real_app(api) -> None:
     want = evaluate_index(store, "photos", sample=12, seed=4)
     assert body["models"]["wide"]["metrics"] == pytest.approx(want.summary["models"]["wide"]["metrics"])
     assert "/indexes/{name}/eval" in app.openapi()["paths"]
+
+
+def test_served_with_cis_pairs_and_the_fused_entry(api) -> None:
+    client, *_ = api
+    body = client.get("/indexes/photos/eval", params={"sample": 12, "seed": 4}).json()
+    assert set(body["models"]) == {"wide", "narrow", "fused_rrf"}
+    for entry in body["models"].values():
+        assert set(entry["metrics_ci"]) == set(entry["metrics"])
+    assert body["fusion"]["of"] == ["narrow", "wide"] and body["fusion"]["k"] == 60
+    assert len(body["paired"]) == body["uncertainty"]["n_comparisons"] == 3 * len(body["models"]["wide"]["metrics"])
+    for p in body["paired"]:
+        assert p["verdict"] == ("no significant difference" if p["p_holm"] >= 0.05 else p["verdict"])
+        assert p["test"] in ("mcnemar_exact", "permutation") and p["p_value"] <= p["p_holm"] <= 1

@@ -178,3 +178,35 @@ def test_cli_update_doc_replaces_only_the_marked_block(lite, tmp_path: Path) -> 
     doc.write_text("no markers here\n")
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and "no <!-- embedsvc-eval:start -->" in result.output
+
+
+def test_cli_update_doc_writes_cis_the_fused_row_and_significance(lite, tmp_path: Path) -> None:
+    _, data, _ = lite
+    doc = tmp_path / "README.md"
+    doc.write_text(f"intro\n{DOC_START}\nold\n{DOC_END}\n")
+    out = tmp_path / "r"
+    args = ["eval", "synth", "--ci-resamples", "500", "--ci-seed", "3", "--out", str(out), "--data-dir", str(data)]
+    result = CliRunner().invoke(app, [*args, "--update-doc", str(doc)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "eval.json").read_text())
+    text = doc.read_text()
+    assert f"produced by `embedsvc eval synth --ci-resamples 500 --ci-seed 3 --data-dir {data}`" in text
+    for key in ("narrow", "wide", "fused_rrf"):
+        entry = summary["models"][key]
+        lo, hi = entry["metrics_ci"]["precision@1"]
+        row = text.split(f"| {key} |")[1].split("\n")[0]
+        assert f"{entry['metrics']['precision@1']:.3f} [{lo:.3f}, {hi:.3f}]" in row
+    assert "RRF (k=60) of narrow, wide" in text.split("| fused_rrf |")[1].split("\n")[0]
+    assert summary["uncertainty"]["resamples"] == 500 and summary["uncertainty"]["seed"] == 3
+    pairs = {(p["a"], p["b"]) for p in summary["paired"]}
+    assert pairs == {("narrow", "wide"), ("fused_rrf", "narrow"), ("fused_rrf", "wide")}
+    for p in summary["paired"]:
+        if p["metric"] == "precision@1":
+            line = next(x for x in text.splitlines() if x.startswith(f"- {p['a']} vs {p['b']}: "))
+            groups = dict(g.split(" on ", 1) for g in line.split(": ", 1)[1].split("; "))
+            assert "P@1" in groups[p["verdict"]].split(", ")
+            assert ("better than" in p["verdict"]) == (p["p_holm"] < 0.05)
+    assert f"Holm-adjusted over all {len(summary['paired'])} comparisons" in text
+    with (out / "paired.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(summary["paired"])
+    assert "Paired comparisons (Holm-adjusted):" in result.output
