@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedsvc.core.errors import EmbedsvcError
 from embedsvc.indexer.listing import EntryFailure
 from embedsvc.paths import name_bytes, stored_rel_path
 from embedsvc.store.rows import MAXLEN
@@ -28,8 +29,11 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 
-class DatasetError(ValueError):
+class DatasetError(EmbedsvcError, ValueError):
     """The dataset cannot be listed as asked (no images, missing labels, bad shard spec...)."""
+
+    code = "bad_dataset"
+    http_status = 400
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from embedsvc.core.errors import EmbedsvcError
 from embedsvc.embedder import Embedder
 from embedsvc.indexer.datasets import DatasetSource, Item
 from embedsvc.manifest import incompatibilities
@@ -26,8 +27,11 @@ log = logging.getLogger(__name__)
 MAX_LABELS_JSON = 32_000
 
 
-class IndexerError(RuntimeError):
+class IndexerError(EmbedsvcError):
     """A run that cannot start or must not continue; the message is meant for the user as is."""
+
+    code = "indexing_refused"
+    http_status = 409
 
 
 @dataclass

@@ -34,6 +34,9 @@ Failure = tuple[str, str, str]  # (stored rel path, reason, detail)
 class StrictModeError(IndexerError):
     """``strict=True`` and at least one file failed."""
 
+    code = "strict_failures"
+    http_status = 422
+
 
 @dataclass
 class ModelCounts:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from embedsvc.core.errors import EmbedsvcError
 from embedsvc.store import Store
 from embedsvc.store.rows import MAX_BATCH_ROWS, rows_per_request  # the store owns request sizes
 
@@ -24,8 +25,19 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
-class WriterError(RuntimeError):
-    """The writer thread failed; the original store error is the ``__cause__``."""
+class WriterError(EmbedsvcError):
+    """The writer thread failed; the original error is the ``__cause__``, and a product error's code,
+    status and public message (disk full, Milvus unavailable) carry over so users still see what it was."""
+
+    code = "write_failed"
+    http_status = 503
+    public_message = "writing to the index failed (details in the server log)"
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        if isinstance(cause, EmbedsvcError):
+            self.code, self.http_status = cause.code, cause.http_status
+            self.public_message = cause.client_message()
 
 
 class StoreWriter:
@@ -88,7 +100,7 @@ class StoreWriter:
 
     def _check(self) -> None:
         if self.error is not None:
-            raise WriterError(f"writing to index {self.index!r} failed: {self.error}") from self.error
+            raise WriterError(f"writing to index {self.index!r} failed: {self.error}", self.error) from self.error
 
     # ------------------------------------------------------------------------------------ writer thread
     def _run(self) -> None:

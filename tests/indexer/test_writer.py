@@ -64,3 +64,23 @@ def test_store_error_surfaces_in_producer() -> None:
             writer.put("m", rows(0, 3))
             time.sleep(0.02)
         writer.close()
+
+
+def test_a_product_error_in_the_writer_keeps_its_code_and_public_message() -> None:
+    """A disk-full (or Milvus-down) failure in the writer thread still reads as that to users and clients."""
+    from embedsvc.store.errors import DiskFullError
+
+    class FullStore(FakeStore):
+        def upsert(self, index: str, key: str, rows: list[dict]) -> None:
+            raise DiskFullError("/data", "writing rows")
+
+    writer = StoreWriter(FullStore(), "idx", max_latency_s=0.0)
+    writer.put("m", rows(0, 3))
+    with pytest.raises(WriterError) as caught:
+        for _ in range(100):
+            writer.put("m", rows(0, 3))
+            time.sleep(0.02)
+        writer.close()
+    assert caught.value.code == "disk_full" and caught.value.http_status == 507
+    assert "/data" not in caught.value.client_message()
+    assert isinstance(caught.value.__cause__, DiskFullError)
