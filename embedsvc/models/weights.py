@@ -506,16 +506,15 @@ def download_file(url: str, dest: Path, *, what: str) -> Path:
     try:
         tmp = tmp_dir / dest.name
         log.info("downloading %s from %s to %s", what, url, dest)
-        with _progress_class(dest.name)(desc=dest.name, unit="B", unit_scale=True, total=None) as bar:
+        with _progress_class(dest.name)(desc=dest.name, unit="B", unit_scale=True, total=None, disable=None) as bar:
             try:
                 gdown.download(url=url, output=str(tmp), quiet=True, progress=bar.advance_to, timeout=(10, 60),
                                retries=2)
             except gdown.exceptions.DownloadError as exc:
                 said = re.split(r"[.;]\s", str(exc), maxsplit=1)[0]
-                of = f" of {bar.total}" if bar.total else ""
+                after = f" after {bar.done} of {bar.total} bytes" if bar.total else ""
                 raise OSError(
-                    f"download from {url} broke off after {bar.done}{of} bytes ({said}); nothing was cached, "
-                    "run again to retry"
+                    f"download from {url} broke off{after} ({said}); nothing was cached, run again to retry"
                 ) from None
         _refuse_non_weights(tmp, url)
         os.replace(tmp, dest)
