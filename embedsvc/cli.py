@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import typer
 from rich.console import Console
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from embedsvc.cli_common import (
     ALLOW_RANDOM,
+    DEBUG_ENV,
     DEVICE,
     MODELS,
     WEIGHTS,
@@ -18,6 +20,7 @@ from embedsvc.cli_common import (
     debug_requested,
     setup_logging,
 )
+from embedsvc.core.config import get_settings
 
 # Plain click help (rich_markup_mode=None): no "<bool>" metavars, one or two lines per option at 80 columns.
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, cls=ErrorLineGroup, rich_markup_mode=None)
@@ -29,6 +32,9 @@ def _main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     debug: bool = typer.Option(False, "--debug", help="Debug logging, and tracebacks with errors (EMBEDSVC_DEBUG=1)."),
 ) -> None:
+    if debug:  # the flag is the setting: this process's settings and its children see it
+        os.environ[DEBUG_ENV] = "1"
+        get_settings.cache_clear()
     setup_logging(verbose=verbose, debug=debug or debug_requested([]))
 
 

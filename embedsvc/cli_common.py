@@ -92,7 +92,10 @@ def check_port_free(host: str, port: int, how_to_change: str) -> None:
 
 
 def debug_requested(args: Sequence[str] | None = None) -> bool:
-    """``--debug`` anywhere before ``--`` on the command line, or EMBEDSVC_DEBUG set to a true value."""
+    """``--debug`` anywhere before ``--`` on the command line, or EMBEDSVC_DEBUG set to a true value.
+
+    Read from the environment directly, not through ``Settings``: invalid settings may be the very error
+    being reported. (``Settings.debug`` documents the variable and serves everything else.)"""
     argv = list(sys.argv[1:] if args is None else args)
     if "--" in argv:
         argv = argv[: argv.index("--")]

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     )
     batch_size: int = 64
 
+    # --- diagnostics ---------------------------------------------------------------------------
+    debug: bool = Field(
+        default=False,
+        description="Show tracebacks with CLI errors and keep third-party tracebacks in logs (also --debug).",
+    )
+
     # --- service -------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000

@@ -34,6 +34,15 @@ def _not_mvcc_ts(record: logging.LogRecord) -> bool:
     return "mvccTs" not in record.getMessage()
 
 
+def _debug() -> bool:
+    from embedsvc.core.config import get_settings
+
+    try:
+        return get_settings().debug
+    except ValueError:  # invalid settings are reported by whoever reads them for real
+        return False
+
+
 def quiet_pymilvus_logs() -> None:
     """Drop the mvccTs warnings and (unless EMBEDSVC_DEBUG) the RPC tracebacks; idempotent.
 
@@ -49,7 +58,7 @@ def quiet_pymilvus_logs() -> None:
         logger = logging.getLogger(name)
         if _not_mvcc_ts not in logger.filters:
             logger.addFilter(_not_mvcc_ts)
-    if os.environ.get("EMBEDSVC_DEBUG", "").strip().lower() not in ("1", "true", "yes", "on"):
+    if not _debug():
         for name in _RPC_LOGGERS:  # their failures are re-raised and reported once, as StoreError
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
