@@ -17,7 +17,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from embedsvc.evaluation.schemas import verdict
+from embedsvc.evaluation.schemas import NO_DIFFERENCE, verdict
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,11 @@ def significance_lines(summary: Mapping[str, Any]) -> list[str]:
         if p["metric"] in titles:
             says = p.get("verdict") or verdict(p["a"], p["b"], p["diff"], p["p_holm"])
             by_pair.setdefault((p["a"], p["b"]), {}).setdefault(says, []).append(titles[p["metric"]])
-    return [
-        f"{a} vs {b}: " + "; ".join(f"{says} on {', '.join(metrics)}" for says, metrics in groups.items())
-        for (a, b), groups in by_pair.items()
-    ]
+    lines = []
+    for (a, b), groups in by_pair.items():
+        ordered = sorted(groups.items(), key=lambda g: g[0] == NO_DIFFERENCE)  # wins first, then the rest
+        lines.append(f"{a} vs {b}: " + "; ".join(f"{says} on {', '.join(metrics)}" for says, metrics in ordered))
+    return lines
 
 
 def uncertainty_line(summary: Mapping[str, Any]) -> str | None:
@@ -74,12 +75,12 @@ def uncertainty_line(summary: Mapping[str, Any]) -> str | None:
     q = summary["queries"]["n_evaluated"]
     text = (
         f"Brackets: {u['confidence']:.0%} percentile-bootstrap intervals over the {q} evaluated queries "
-        f"({u['resamples']} resamples, seed {u['seed']})."
+        f"({u['resamples']:,} resamples, seed {u['seed']})."
     )
     if u["n_comparisons"]:
         text += (
             f" Paired tests: McNemar's exact test for binary per-query metrics (kNN, P@1, hit@k), a sign-flip "
-            f"permutation test ({u['resamples']} resamples) for the others; p-values Holm-adjusted over all "
+            f"permutation test ({u['resamples']:,} resamples) for the others; p-values Holm-adjusted over all "
             f"{u['n_comparisons']} comparisons in eval.json; 'better' only where the adjusted p < {u['alpha']}."
         )
     fusion = summary.get("fusion")
