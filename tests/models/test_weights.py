@@ -145,3 +145,39 @@ def test_drive_id_lives_in_the_pretrained_cfg_and_file_hashing() -> None:
     assert hub_source("convnext_tiny.fb_in1k").location == "timm/convnext_tiny.fb_in1k"
     path = Path(embedsvc.models.gresnet.__file__)
     assert sha256_of(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _embedding(model: torch.nn.Module) -> torch.Tensor:
+    x = torch.randn(2, 3, 19, 19, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def test_gresnet_checkpoint_variants_load_or_are_refused_with_the_list(tmp_path: Path) -> None:
+    """Variants a published file may be: each loads with the source's embeddings, or is refused with the list."""
+    source = _gresnet(6)
+    ours = source.state_dict()
+    head = ("fc.weight", "fc.bias")
+    body = {k: v for k, v in ours.items() if k not in head}
+    foreign_body = {f"layer{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(body.items())}
+    loads = {
+        "ours.pth": ours,
+        "ema_ddp.pth": {"model_ema": {f"module.{k}": v for k, v in ours.items()}, "optimizer": {}, "epoch": 3},
+        "no_classifier.pth": body,
+        "no_classifier_foreign.pth": foreign_body,
+    }
+    for name, checkpoint in loads.items():
+        torch.save(checkpoint, tmp_path / name)
+        model = _load(tmp_path / name)
+        torch.testing.assert_close(_embedding(model), _embedding(source), rtol=0, atol=0, msg=name)
+        if "classifier" not in name:
+            assert _same_outputs(model, source), name
+
+    wrong = dict(ours)
+    wrong["stages.1.0.conv2.conv.weight"] = torch.zeros(4, 4, 5, 5)
+    torch.save(wrong, tmp_path / "wrong_shape.pth")
+    with pytest.raises(CheckpointMismatchError) as info:
+        _load(tmp_path / "wrong_shape.pth")
+    message = info.value.message
+    assert str(tmp_path / "wrong_shape.pth") in message and "shape mismatches" in message
+    assert "stages.1.0.conv2.conv.weight: checkpoint (4, 4, 5, 5) != model (4, 4, 3, 3)" in message
