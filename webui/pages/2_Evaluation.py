@@ -99,6 +99,42 @@ def example_row(index: str, title: str, count: int, ids: list[int], key: str) ->
                 open_side_by_side(index, row_id)
 
 
+def show_uncertainty(report: EvalResponse) -> None:
+    """95% intervals and the paired verdicts: "A better than B" only where the Holm-adjusted p < 0.05."""
+    with st.expander("95% confidence intervals (bootstrap over queries)"):
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {"model": key} | {k: f"[{v[0]:.3f}, {v[1]:.3f}]" if v else "–" for k, v in m.metrics_ci.items()}
+                    for key, m in report.models.items()
+                    if m.metrics_ci
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+    if not report.paired:
+        return
+    metrics = list(dict.fromkeys(p.metric for p in report.paired))
+    metric = st.selectbox(
+        "Paired comparison on",
+        metrics,
+        index=metrics.index("precision@1") if "precision@1" in metrics else 0,
+        key="paired-metric",
+    )
+    for p in (p for p in report.paired if p.metric == metric):
+        test = "McNemar exact" if p.test == "mcnemar_exact" else p.test
+        st.markdown(
+            f"- {p.a} vs {p.b}: **{p.says()}** ({p.a} − {p.b} = {p.diff:+.3f} [{p.ci[0]:+.3f}, {p.ci[1]:+.3f}], "
+            f"{test}, p (Holm) {p.p_holm:.4f})"
+        )
+    if report.uncertainty:
+        st.caption(
+            f"p-values Holm-adjusted over all {report.uncertainty.n_comparisons} comparisons (every pair and metric); "
+            f"{report.uncertainty.resamples:,} resamples, seed {report.uncertainty.seed}."
+        )
+
+
 def show_report(report: EvalResponse) -> None:
     q = report.queries
     st.caption(
@@ -119,6 +155,7 @@ def show_report(report: EvalResponse) -> None:
     table = metric_table(report, with_chance)
     number_cols = [c for c in table.columns if c not in ("model", "weights", "scored against")]
     st.dataframe(table.style.format("{:.3f}", subset=number_cols, na_rep="–"), hide_index=True, width="stretch")
+    show_uncertainty(report)
 
     st.subheader("Precision@k")
     st.altair_chart(precision_curves(report), width="stretch")
