@@ -2,7 +2,8 @@
 
 Pure pydantic, so the web UI's client can import it without torch or pymilvus. Field meanings are in
 docs/evaluation.md; metric dicts are keyed ``knn_top1``, ``knn_top1_weighted``, ``precision@k``,
-``hit@k`` and ``map@k`` for each k in ``k_list``.
+``hit@k`` and ``map@k`` for each k in ``k_list``; ``metrics_ci`` holds their 95% intervals, ``paired``
+the Holm-adjusted comparisons and ``models["fused_rrf"]`` the RRF fusion (described by ``fusion``).
 """
 
 from __future__ import annotations
