@@ -210,3 +210,16 @@ def test_cli_update_doc_writes_cis_the_fused_row_and_significance(lite, tmp_path
     with (out / "paired.csv").open() as f:
         assert len(list(csv.DictReader(f))) == len(summary["paired"])
     assert "Paired comparisons (Holm-adjusted):" in result.output
+
+
+def test_cli_no_fuse(lite, tmp_path: Path) -> None:
+    _, data, _ = lite
+    out = tmp_path / "r"
+    args = ["eval", "synth", "--no-fuse", "--ci-resamples", "200", "--out", str(out), "--data-dir", str(data)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "eval.json").read_text())
+    assert "fused_rrf" not in summary["models"] and summary["fusion"] is None
+    assert {(p["a"], p["b"]) for p in summary["paired"]} == {("narrow", "wide")}
+    md = (out / "results.md").read_text()
+    assert "--ci-resamples 200 --no-fuse" in md and "| fused_rrf |" not in md and "- narrow vs wide: " in md
