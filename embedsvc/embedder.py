@@ -197,7 +197,7 @@ def load_embedder(
         if not allow_random:
             raise
         log.warning("%s -- using seeded random weights (untrained)", exc)
-        resolved, reason = None, str(exc)
+        resolved, reason = None, " ".join(str(exc).split("\nSupply weights")[0].split())  # the attempts, one line
     model: nn.Module | None = None
     if resolved is not None:
         try:
@@ -210,7 +210,7 @@ def load_embedder(
                 raise error from exc
             log.warning("%s: weights did not load -- running it UNTRAINED (seeded random weights).\n%s",
                         spec.key, error.message)
-            reason = f"weights did not load: {error.message}"
+            reason = f"weights did not load: {exc.message}"
         else:
             provenance = Provenance(source=resolved.source, sha256=sha256, trained=True)
     if model is None:

@@ -124,6 +124,7 @@ def test_random_weights_are_seeded_and_marked_untrained(tmp_path: Path) -> None:
     a = load_embedder("deit3_small", settings=settings)
     b = load_embedder("deit3_small", settings=settings)
     assert a.untrained and a.provenance.label.startswith("untrained")
+    assert a.provenance.reason and a.provenance.reason.startswith("no weights for deit3_small_patch16_224.fb_in1k.")
     assert a.manifest()["weights"]["trained"] is False
     image = [decode_image(PHOTOS[0]).image]
     np.testing.assert_array_equal(a.embed_images(image), b.embed_images(image))

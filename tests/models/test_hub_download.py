@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +61,8 @@ def _cache_files(tmp_path: Path) -> list[str]:
 
 
 def test_first_run_downloads_into_the_hf_cache_then_loads_from_it(tmp_path: Path, convnext_safetensors: bytes) -> None:
-    """Interrupted download: nothing cached. Then: download with progress, cache without a request, HF_HUB_OFFLINE."""
+    """Interrupted download: nothing cached. Then: download with progress, cache without a request, HF_HUB_OFFLINE;
+    a cached file gone bad is refused with the command that removes it."""
     with LocalHub() as hub:
         sha = hub.add_hf_file(REPO_ID, "model.safetensors", convnext_safetensors, mode="drop")
         dropped = _run(tmp_path, hub)
@@ -93,3 +96,13 @@ def test_first_run_downloads_into_the_hf_cache_then_loads_from_it(tmp_path: Path
         offline = _run(tmp_path, hub, HF_HUB_OFFLINE="1")
         assert offline.returncode == 0 and json.loads(offline.stdout)[0]["weights"] == label, offline.stderr
         assert hub.requests[before:] == []
+
+    blob_path = tmp_path / "hf_home" / "hub" / blob
+    blob_path.write_bytes(convnext_safetensors[: len(convnext_safetensors) // 3])  # a cached file gone bad
+    bad = _run(tmp_path, hub, HF_HUB_OFFLINE="1")
+    assert bad.returncode != 0 and "differs from the hub's" in bad.stderr, bad.stderr
+    command = re.search(r"remove it with `(hf cache rm [^`(]+?) \(or rm -r", bad.stderr, re.S)
+    assert command and "--allow-random-weights" in bad.stderr, bad.stderr
+    hf = Path(sys.executable).with_name("hf")
+    subprocess.run([str(hf), *shlex.split(command[1])[1:]], check=True, capture_output=True, timeout=120)
+    assert _cache_files(tmp_path) == []  # removed: the next run downloads it again
