@@ -1,4 +1,6 @@
-"""GResNet-50's Google Drive path, pointed at a server on 127.0.0.1 (``Settings.gdrive_url``), through gdown.
+"""GResNet-50's Google Drive path (and ``--weights KEY=URL``), against a server on 127.0.0.1, through gdown.
+
+The Drive URL is ``Settings.gdrive_url`` (``EMBEDSVC_GDRIVE_URL``).
 
 What a first run meets: a good file (cached, then loaded without a request), a download cut midway, an
 HTML page instead of the file (Drive's quota page), a body cut short without a size (cached, fails to
@@ -22,9 +24,10 @@ import torch
 
 from embedsvc.core.config import Settings
 from embedsvc.embedder import load_embedder, load_embedders
+from embedsvc.models.efficientnet_lite import packaged_weights_path
 from embedsvc.models.gresnet import GDRIVE_FILE_ID, GResNet
 from embedsvc.models.registry import get_spec
-from embedsvc.models.weights import CheckpointError, WeightsNotFoundError, resolve_weights_file
+from embedsvc.models.weights import CheckpointError, WeightsNotFoundError, resolve_weights_file, sha256_of
 from tests.models.local_hub import LocalHub
 from tests.support import make_settings
 
@@ -135,3 +138,21 @@ def test_a_cached_file_that_does_not_load_names_its_path_and_the_command_that_re
     x = torch.randn(1, 3, 64, 64)
     np.testing.assert_array_equal(untrained.embed(x), random.embed(x))
 
+
+
+def test_weights_url_downloads_once_through_the_same_checks(tmp_path: Path, hub: LocalHub) -> None:
+    """``--weights KEY=URL`` (EfficientNet-Lite0's packaged file served over HTTP): cached once, HTML refused."""
+    packaged = Path(packaged_weights_path())
+    url = hub.add("/weights/lite0.pth", packaged.read_bytes())
+    settings = make_settings(tmp_path, allow_random_weights=False)
+    emb = load_embedder("efficientnet_lite0", settings=settings, weights=url)
+    assert emb.provenance.source == f"url:{url}" and emb.provenance.sha256 == sha256_of(packaged)
+    requests = len(hub.requests)
+    assert load_embedder("efficientnet_lite0", settings=settings, weights=url).provenance == emb.provenance
+    assert len(hub.requests) == requests  # cached under DATA_DIR/models/urls
+
+    page = hub.add("/weights/page.pth", b"", mode="html")
+    with pytest.raises(WeightsNotFoundError, match=r"could not download .*page\.pth: .* sent an HTML page"):
+        load_embedder("efficientnet_lite0", settings=settings, weights=page)
+    cached = [p.name for p in (tmp_path / "data" / "models" / "urls").iterdir()]
+    assert len(cached) == 1 and cached[0].endswith("-lite0.pth")  # the page left nothing, not even a temporary

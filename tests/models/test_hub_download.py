@@ -20,6 +20,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from embedsvc.models.weights import endpoint_unreachable
 from tests.models.local_hub import LocalHub
 
 REPO_ID = "timm/convnext_tiny.fb_in1k"
@@ -106,3 +107,15 @@ def test_first_run_downloads_into_the_hf_cache_then_loads_from_it(tmp_path: Path
     hf = Path(sys.executable).with_name("hf")
     subprocess.run([str(hf), *shlex.split(command[1])[1:]], check=True, capture_output=True, timeout=120)
     assert _cache_files(tmp_path) == []  # removed: the next run downloads it again
+
+
+def test_the_reachability_probe_steps_aside_for_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind a proxy the hub's host need not resolve here: the client (which honours HTTPS_PROXY) tries."""
+    for name in list(os.environ):
+        if "proxy" in name.lower():
+            monkeypatch.delenv(name)
+    assert "hub.invalid:443 is unreachable" in (endpoint_unreachable("https://hub.invalid") or "")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert endpoint_unreachable("https://hub.invalid") is None
+    monkeypatch.setenv("NO_PROXY", "hub.invalid")
+    assert endpoint_unreachable("https://hub.invalid") is not None
