@@ -15,19 +15,43 @@ from urllib.parse import quote, urljoin
 import httpx
 from pydantic import BaseModel
 
-from embedsvc.api.schemas import (
+from embedsvc.api.schemas import (  # the wire types: callers (the web UI) take them from here
     Health,
     ImagePage,
     IndexInfo,
     IndexList,
     JobInfo,
     ModelList,
+    ModelResult,
+    Neighbour,
+    OverlapPair,
+    QueryInfo,
     RandomImages,
     Readiness,
     SearchResponse,
 )
 from embedsvc.core.errors import EmbedsvcError
 from embedsvc.evaluation.schemas import EvalResponse
+
+__all__ = [
+    "ApiError",
+    "ApiUnavailableError",
+    "EmbedsvcClient",
+    "EvalResponse",
+    "Health",
+    "ImagePage",
+    "IndexInfo",
+    "IndexList",
+    "JobInfo",
+    "ModelList",
+    "ModelResult",
+    "Neighbour",
+    "OverlapPair",
+    "QueryInfo",
+    "RandomImages",
+    "Readiness",
+    "SearchResponse",
+]
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -46,6 +46,7 @@ class DemoError(EmbedsvcError):
 
     code = "demo_failed"
     http_status = 500
+    public_message = "the demo could not start or stopped"  # never reaches HTTP; the CLI shows the message
 
 
 class Stopped(Exception):  # noqa: N818 - a request to stop, not an error

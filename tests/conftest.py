@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The suite never reads the developer's own Hugging Face cache (real weights there would replace the
+# seeded random ones the tests expect) and never waits on a hub: set before anything imports huggingface_hub.
+_HF_HOME = tempfile.mkdtemp(prefix="embedsvc-tests-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
+os.environ.pop("HF_HUB_OFFLINE", None)
 
 
 # -- Milvus -------------------------------------------------------------------------------------

@@ -17,9 +17,8 @@ ROOT = ("embedsvc.api", "embedsvc.main", "embedsvc.jobs", "embedsvc.cli", "embed
         "embedsvc.serve_cli", "embedsvc.demo", "embedsvc.metrics", "embedsvc.indexer.cli",
         "embedsvc.evaluation.cli", "embedsvc.webui.cli")
 WIRE_SCHEMAS = "embedsvc.api.schemas"
-# What the web UI may import besides itself: the client, its wire schemas, settings and the error root.
-UI_ALLOWED = ("embedsvc.client", "embedsvc.api.schemas", "embedsvc.evaluation.schemas", "embedsvc.results",
-              "embedsvc.core.config", "embedsvc.core.errors")
+# What the web UI may import besides itself: the client (which hands out the wire types), settings, errors.
+UI_ALLOWED = ("embedsvc.client", "embedsvc.core.config", "embedsvc.core.errors")
 
 
 def _module(path: Path) -> str:

@@ -16,8 +16,16 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from embedsvc.api.schemas import ImagePage, IndexInfo, ModelResult, Neighbour, QueryInfo, SearchResponse
-from embedsvc.client import ApiError, ApiUnavailableError
+from embedsvc.client import (
+    ApiError,
+    ApiUnavailableError,
+    ImagePage,
+    IndexInfo,
+    ModelResult,
+    Neighbour,
+    QueryInfo,
+    SearchResponse,
+)
 from embedsvc.webui import compare
 from embedsvc.webui.common import (
     INDEX_STATE,

@@ -14,8 +14,7 @@ from typing import Any, TypeVar
 import streamlit as st
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from embedsvc.api.schemas import IndexInfo, IndexList
-from embedsvc.client import ApiError, ApiUnavailableError, EmbedsvcClient
+from embedsvc.client import ApiError, ApiUnavailableError, EmbedsvcClient, IndexInfo, IndexList
 from embedsvc.core.config import get_settings
 
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from embedsvc.api.schemas import ModelResult, Neighbour, OverlapPair, SearchResponse
+from embedsvc.client import ModelResult, Neighbour, OverlapPair, SearchResponse
 
 MAX_MODELS = 4
 SAME_LABEL_MARK = "same label"

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from embedsvc.api.schemas import IndexList, JobInfo, ModelList
-from embedsvc.client import ApiError, ApiUnavailableError
+from embedsvc.client import ApiError, ApiUnavailableError, IndexList, JobInfo, ModelList
 from embedsvc.webui.common import api_call, api_down_message, client, sidebar_links
 
 JOB_STATE = "overview_job"  # (index, job id) of the job this session started last

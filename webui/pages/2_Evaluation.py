@@ -11,8 +11,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from embedsvc.client import ApiError, ApiUnavailableError
-from embedsvc.evaluation.schemas import EvalResponse
+from embedsvc.client import ApiError, ApiUnavailableError, EvalResponse
 from embedsvc.webui.common import (
     INDEX_STATE,
     QUERY_STATE,
