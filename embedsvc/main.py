@@ -120,9 +120,6 @@ def create_app(
             from embedsvc.embedder import load_embedders
 
             loaded = await run_in_threadpool(load_embedders, settings.model_keys(), settings=settings)
-        for emb in loaded.values():
-            if emb.untrained:
-                log.warning("%s is serving UNTRAINED random weights (%s)", emb.key, emb.provenance.label)
         if settings.allowed_roots and not settings.api_token.get_secret_value():
             log.warning(
                 "bulk-index jobs are open to anyone who can reach this port (allowed roots: %d); "

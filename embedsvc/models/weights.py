@@ -32,6 +32,8 @@ from torch import nn
 from embedsvc.core.errors import EmbedsvcError
 
 log = logging.getLogger(__name__)
+# timm logs "Loaded  from checkpoint '<path>'" at INFO for every load; ours says which model and weights.
+logging.getLogger("timm.models._helpers").setLevel(logging.WARNING)
 
 # timm's ``load_state_dict(use_ema=True)`` order, the one EMA rule: EMA weights first, when a checkpoint has them.
 EMA_FIRST_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
