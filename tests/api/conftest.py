@@ -8,6 +8,7 @@ index names.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,3 +109,14 @@ def exact_search(vectors: np.ndarray, query: np.ndarray, k: int) -> tuple[np.nda
     d = ((vectors.astype(np.float64) - query.astype(np.float64)[None, :]) ** 2).sum(axis=1)
     order = np.argsort(d, kind="stable")[:k]
     return order, d[order]
+
+
+def wait_for_job(client: TestClient, index: str, job_id: str, timeout: float = 180.0) -> dict:
+    """The job's final state, polled through the API (fails the test after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/indexes/{index}/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")

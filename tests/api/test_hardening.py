@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,20 +22,10 @@ from pydantic import SecretStr
 from embedsvc.client import ApiError, EmbedsvcClient
 from embedsvc.core.config import get_settings
 from embedsvc.main import create_app
-from tests.api.conftest import INDEX, ApiEnv
+from tests.api.conftest import INDEX, ApiEnv, wait_for_job
 from tests.support import make_settings, write_images
 
 JPEG_REL = "bird/erase_gosling.jpg"
-
-
-def _wait(client: TestClient, index: str, job_id: str, timeout: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/indexes/{index}/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
 
 
 # -- request ids ------------------------------------------------------------------------------------
@@ -272,7 +261,7 @@ def test_job_and_index_paths_are_relative(client: TestClient, api_env: ApiEnv) -
     write_images(root, 3, start_seed=70)
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # a failure, so a report is written
     job = client.post("/indexes/rel-paths/jobs", json={"root": str(root), "models": ["efficientnet_lite0"]}).json()
-    done = _wait(client, "rel-paths", job["id"])
+    done = wait_for_job(client, "rel-paths", job["id"])
     assert done["state"] == "succeeded", done
     report = done["summary"]["failures_report"]
     assert report and not report.startswith("/") and report.startswith("reports/rel-paths/")
@@ -403,7 +392,7 @@ def test_a_failed_job_reports_a_code_and_no_server_paths(client: TestClient, api
     )
     resp = client.post("/indexes/failing-job/jobs", json={"root": str(root), "models": ["efficientnet_lite0"]})
     assert resp.status_code == 202, resp.text
-    done = _wait(client, "failing-job", resp.json()["id"])
+    done = wait_for_job(client, "failing-job", resp.json()["id"])
     assert done["state"] == "failed", done
     assert done["error"].startswith("manifest_mismatch: "), done["error"]  # code first, then the message
     assert str(api_env.settings.data_dir) not in done["error"] and "Traceback" not in done["error"]

@@ -12,18 +12,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from embedsvc.store import row_id
-from tests.api.conftest import INDEX, MODELS, ApiEnv
+from tests.api.conftest import INDEX, MODELS, ApiEnv, wait_for_job
 from tests.support import png_bytes, write_images
-
-
-def _wait(client: TestClient, index: str, job_id: str, timeout: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/indexes/{index}/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +36,7 @@ def test_job_runs_to_completion_and_rows_appear(client: TestClient, api_env: Api
         again = client.post("/indexes/jobbed/jobs", json={"root": str(folder)})
         assert again.status_code == 409 and again.json()["error"] == "job_running"
         assert job["id"] in again.json()["detail"]
-    done = _wait(client, "jobbed", job["id"])
+    done = wait_for_job(client, "jobbed", job["id"])
     assert done["state"] == "succeeded", done
     assert done["progress"]["done"] == done["progress"]["total"] == 4
     assert done["progress"]["phase"] == "done"
@@ -64,7 +54,7 @@ def test_job_runs_to_completion_and_rows_appear(client: TestClient, api_env: Api
         "/indexes/jobbed/jobs", json={"root": str(folder), "labels_from_dirs": True, "models": ["efficientnet_lite0"]}
     )
     assert rerun.status_code == 202
-    second = _wait(client, "jobbed", rerun.json()["id"])
+    second = wait_for_job(client, "jobbed", rerun.json()["id"])
     assert second["state"] == "succeeded"
     assert second["summary"]["per_model"] == {
         "efficientnet_lite0": second["summary"]["per_model"]["efficientnet_lite0"]
@@ -164,7 +154,7 @@ def test_job_forwards_share_the_search_cpu_gate(
         thread.start()
     try:
         job = client.post("/indexes/gated/jobs", json={"root": str(root)}).json()
-        assert _wait(client, "gated", job["id"])["state"] == "succeeded"
+        assert wait_for_job(client, "gated", job["id"])["state"] == "succeeded"
     finally:
         stop.set()
         for thread in searchers:
