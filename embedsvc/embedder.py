@@ -26,18 +26,10 @@ import embedsvc.models  # noqa: F401  (registers GResNet with timm)
 from embedsvc import __version__
 from embedsvc.core.config import Settings, get_settings
 from embedsvc.models import transforms
+from embedsvc.models.checkpoints import CheckpointError, create_with_weights, load_weights
+from embedsvc.models.download import ResolvedWeights
 from embedsvc.models.registry import EmbedderSpec, get_spec
-from embedsvc.models.weights import (
-    CheckpointError,
-    Provenance,
-    ResolvedWeights,
-    WeightsNotFoundError,
-    create_with_weights,
-    load_weights,
-    resolve_weights_file,
-    verified_sha256,
-    with_advice,
-)
+from embedsvc.models.weights import Provenance, WeightsNotFoundError, resolve_weights_file, verified_sha256, with_advice
 
 log = logging.getLogger(__name__)
 

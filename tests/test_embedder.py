@@ -12,13 +12,9 @@ from timm.data import create_transform, resolve_data_config
 
 from embedsvc.embedder import build_model, load_embedder
 from embedsvc.images import decode_image
+from embedsvc.models.checkpoints import CheckpointMismatchError, map_state_dict_in_order, unwrap_state_dict
 from embedsvc.models.registry import get_spec, list_specs
-from embedsvc.models.weights import (
-    CheckpointMismatchError,
-    WeightsNotFoundError,
-    map_state_dict_in_order,
-    unwrap_state_dict,
-)
+from embedsvc.models.weights import WeightsNotFoundError
 from tests.support import SAMPLE_PHOTOS, make_settings
 
 PHOTOS = [SAMPLE_PHOTOS / "bird" / "erase_penguin.jpg", SAMPLE_PHOTOS / "dam" / "categorization_dam1.jpg"]

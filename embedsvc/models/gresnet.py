@@ -230,11 +230,11 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: GResNet) -> dict[
 
     timm's loader has already picked the weights (EMA first) and stripped ``module.``/``_orig_mod.``.
     Our key names pass through. Foreign names (e.g. the post's gist) are mapped *in order* by
-    `embedsvc.models.weights.map_in_order`, every body tensor matching its target's shape exactly; the
+    `embedsvc.models.checkpoints.map_in_order`, every body tensor matching its target's shape exactly; the
     classifier is taken as the last two tensors and only checked against ``num_features``, since timm
     drops it when ``num_classes`` differs. Anything else raises a CheckpointMismatchError listing mismatches.
     """
-    from embedsvc.models.weights import CheckpointMismatchError, map_in_order
+    from embedsvc.models.checkpoints import CheckpointMismatchError, map_in_order
 
     src = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor) and k not in _IGNORED_KEYS}
     ours = model.state_dict()

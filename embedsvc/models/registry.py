@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 import embedsvc.models.gresnet  # noqa: F401  (registers gresnet50's pretrained cfg, read below)
-from embedsvc.models.weights import WeightsSource, hub_source
+from embedsvc.models.download import WeightsSource
+from embedsvc.models.weights import hub_source
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,11 @@ import torch
 
 from embedsvc.core.config import Settings
 from embedsvc.embedder import load_embedder, load_embedders
+from embedsvc.models.checkpoints import CheckpointError
 from embedsvc.models.efficientnet_lite import packaged_weights_path
 from embedsvc.models.gresnet import GDRIVE_FILE_ID, GResNet
 from embedsvc.models.registry import get_spec
-from embedsvc.models.weights import CheckpointError, WeightsNotFoundError, resolve_weights_file, sha256_of
+from embedsvc.models.weights import WeightsNotFoundError, resolve_weights_file, sha256_of
 from tests.models.local_hub import LocalHub
 from tests.support import make_settings
 
@@ -66,7 +67,7 @@ def test_drive_file_downloads_once_then_loads_from_our_cache(
     trained = timm.create_model(get_spec("gresnet50").model_name, pretrained=False).eval()
     hub.add(DRIVE_PATH, _saved({"model_ema": trained.state_dict(), "epoch": 599}))
     settings = _settings(tmp_path, hub, allow_random_weights=False)
-    with caplog.at_level(logging.INFO, logger="embedsvc.models.weights"):
+    with caplog.at_level(logging.INFO, logger="embedsvc.models.download"):
         emb = load_embedder("gresnet50", settings=settings, normalize=False)
     assert emb.provenance.trained and emb.provenance.source == f"gdrive:{GDRIVE_FILE_ID}"
     assert "downloading gresnet50.pth: 100% of" in caplog.text

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import embedsvc.models  # noqa: F401  (registers gresnet50 with timm)
+from embedsvc.models.checkpoints import load_weights
 from embedsvc.models.gresnet import GDRIVE_FILE_ID, GResNet, checkpoint_filter_fn, fold_gresnet
 from embedsvc.models.layers import Affine, MeanPad, SNConv
-from embedsvc.models.weights import load_weights
 
 TINY = dict(layers=(1, 2), widths=(2, 4), stem_chs=(2, 3, 4))  # 2 stages, 3 blocks: a few hundred params
 

@@ -20,7 +20,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from embedsvc.models.weights import endpoint_unreachable
+from embedsvc.models.download import endpoint_unreachable
 from tests.models.local_hub import LocalHub
 
 REPO_ID = "timm/convnext_tiny.fb_in1k"

@@ -13,16 +13,10 @@ from timm.models import load_state_dict
 
 import embedsvc.models  # noqa: F401  (registers gresnet50 with timm)
 from embedsvc.core.errors import EmbedsvcError
+from embedsvc.models.checkpoints import EMA_FIRST_KEYS, CheckpointError, CheckpointMismatchError, load_weights
 from embedsvc.models.gresnet import GDRIVE_FILE_ID, GResNet, checkpoint_filter_fn
 from embedsvc.models.registry import get_spec
-from embedsvc.models.weights import (
-    EMA_FIRST_KEYS,
-    CheckpointError,
-    CheckpointMismatchError,
-    hub_source,
-    load_weights,
-    sha256_of,
-)
+from embedsvc.models.weights import hub_source, sha256_of
 
 TINY = dict(layers=(1, 2), widths=(2, 4), stem_chs=(2, 3, 4))
 
