@@ -32,11 +32,13 @@ from embedsvc.api.schemas import (  # the wire types: callers (the web UI) take 
 )
 from embedsvc.core.errors import EmbedsvcError
 from embedsvc.evaluation.schemas import EvalResponse
+from embedsvc.results import FUSED_KEY
 
 __all__ = [
     "ApiError",
     "ApiUnavailableError",
     "EmbedsvcClient",
+    "FUSED_KEY",
     "EvalResponse",
     "Health",
     "ImagePage",
@@ -141,13 +143,15 @@ class EmbedsvcClient:
 
     @staticmethod
     def _search_params(
-        index: str, k: int, models: Sequence[str] | None, label: int | str | None
+        index: str, k: int, models: Sequence[str] | None, label: int | str | None, fuse: str | None = None
     ) -> list[tuple[str, str | int]]:
         params: list[tuple[str, str | int]] = [("index", index), ("k", k)]
         if models:
             params.append(("models", ",".join(models)))
         if label is not None and label != "":
             params.append(("label", str(label)))
+        if fuse:
+            params.append(("fuse", fuse))
         return params
 
     # -- search ------------------------------------------------------------------------------------
@@ -161,12 +165,14 @@ class EmbedsvcClient:
         models: Sequence[str] | None = None,
         label: int | str | None = None,
         filename: str = "query.jpg",
+        fuse: str | None = None,
     ) -> SearchResponse:
-        """Search with an image file's bytes (multipart upload)."""
+        """Search with an image file's bytes (multipart upload). ``fuse="rrf"`` (also on the other search
+        methods) adds a last entry, ``fused_rrf``, the models' rankings fused by reciprocal rank fusion."""
         resp = self._request(
             "POST",
             "/search",
-            params=self._search_params(index, k, models, label),
+            params=self._search_params(index, k, models, label, fuse),
             files={"image": (filename, data, "application/octet-stream")},
         )
         return SearchResponse.model_validate(resp.json())
@@ -179,11 +185,12 @@ class EmbedsvcClient:
         k: int = 10,
         models: Sequence[str] | None = None,
         label: int | str | None = None,
+        fuse: str | None = None,
     ) -> SearchResponse:
         resp = self._request(
             "POST",
             "/search",
-            params=self._search_params(index, k, models, label),
+            params=self._search_params(index, k, models, label, fuse),
             json={"image_base64": base64.b64encode(data).decode()},
         )
         return SearchResponse.model_validate(resp.json())
@@ -196,10 +203,11 @@ class EmbedsvcClient:
         k: int = 10,
         models: Sequence[str] | None = None,
         label: int | str | None = None,
+        fuse: str | None = None,
     ) -> SearchResponse:
         """ "More like this": neighbours of an indexed image (itself excluded)."""
         resp = self._request(
-            "POST", "/search", params=self._search_params(index, k, models, label), json={"id": int(row_id)}
+            "POST", "/search", params=self._search_params(index, k, models, label, fuse), json={"id": int(row_id)}
         )
         return SearchResponse.model_validate(resp.json())
 

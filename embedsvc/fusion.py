@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 RRF_K = 60
+#: How deep each model's ranking is read before fusing (at least the cut-off asked for).
+FUSE_DEPTH = 100
 
 
 def reciprocal_rank_fusion(rankings: Sequence[np.ndarray], out_k: int, k: int = RRF_K) -> tuple[np.ndarray, np.ndarray]:

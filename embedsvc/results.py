@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 
 class ImageRecord(BaseModel):
@@ -30,14 +30,28 @@ class ImageRecord(BaseModel):
 
 
 class Neighbour(ImageRecord):
-    """One search hit, closest first. ``distance`` is what Milvus returns for L2: the squared distance."""
+    """One search hit, closest first. ``distance`` is what Milvus returns for L2: the squared distance.
+
+    In the fused entry (``fused_rrf``) there is no distance: ``distance`` is 0.0 and ``score`` holds the
+    RRF score (higher first). ``score`` is left out of the JSON of every other neighbour.
+    """
 
     rank: int = Field(description="1-based rank.")
-    distance: float = Field(description="Squared L2 distance between embeddings.")
+    distance: float = Field(description="Squared L2 distance between embeddings (0.0 in the fused entry).")
     same_label_as_query: bool | None = Field(
         default=None, description="Null when the query's label is unknown (e.g. an upload)."
     )
+    score: float | None = Field(
+        default=None, description="Fused entry only: RRF score, sum over models of 1 / (60 + rank); absent otherwise."
+    )
     content_hash: str | None = Field(default=None, exclude=True, description="Stored content hash (not served).")
+
+    @model_serializer(mode="wrap")
+    def _without_empty_score(self, handler: SerializerFunctionWrapHandler) -> Any:
+        out = handler(self)
+        if self.score is None and isinstance(out, dict):
+            out.pop("score", None)
+        return out
 
 
 class Provenance(BaseModel):
@@ -109,13 +123,21 @@ class SkippedModel(BaseModel):
     reason: str
 
 
+#: model_key of the extra result entry that ``fuse=rrf`` adds after the per-model ones.
+FUSED_KEY = "fused_rrf"
+#: Fusion methods ``/search`` accepts (``fuse=``).
+FUSE_METHODS = ("rrf",)
+
+
 class SearchResult(BaseModel):
     index: str
     k: int
     label_filter: int | None = None
     query: QueryInfo
-    models: list[ModelResult]
-    overlap: list[OverlapPair] = Field(description="Jaccard@k for each pair of models.")
+    models: list[ModelResult] = Field(
+        description="One entry per model; with fuse=rrf a last entry, model_key fused_rrf, ranks by RRF score."
+    )
+    overlap: list[OverlapPair] = Field(description="Jaccard@k for each pair of models (never the fused entry).")
     skipped: list[SkippedModel] = Field(default_factory=list, description="Index models this service cannot run.")
     decode_ms: float = 0.0
     total_ms: float = 0.0

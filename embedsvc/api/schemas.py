@@ -47,6 +47,9 @@ class SearchByJson(BaseModel):
         default=None, description="Image file bytes, base64 (a data: URL prefix is accepted)."
     )
     id: int | None = Field(default=None, description="Id of an image in the index; it is excluded from results.")
+    fuse: str | None = Field(
+        default=None, max_length=64, description="Same as the fuse query parameter ('rrf'); give it in one place."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SearchByJson:

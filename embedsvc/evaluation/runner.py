@@ -17,6 +17,7 @@ import numpy as np
 from embedsvc.evaluation import metrics as M
 from embedsvc.evaluation import stats as S
 from embedsvc.evaluation.schemas import verdict
+from embedsvc.fusion import FUSE_DEPTH  # each ranking is fused over its top FUSE_DEPTH (at least the largest cut-off)
 from embedsvc.store import IndexNotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ N_CONFUSIONS = 10
 N_HUBS = 10
 N_EXAMPLES = 10
 FUSED = "fused_rrf"
-FUSE_DEPTH = 100  # each model's ranking is fused over its top FUSE_DEPTH (at least the largest cut-off)
 
 Progress = Callable[[int], None]
 

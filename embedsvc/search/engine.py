@@ -18,14 +18,17 @@ import torch
 
 from embedsvc.core.config import Settings
 from embedsvc.embedder import Embedder
+from embedsvc.fusion import FUSE_DEPTH, RRF_K, reciprocal_rank_fusion
 from embedsvc.images import ImageDecodeError, decode_image
 from embedsvc.manifest import incompatibilities
+from embedsvc.results import FUSE_METHODS, FUSED_KEY
 from embedsvc.search.errors import (
     IncompatibleModelError,
     KOutOfRangeError,
     ModelNotLoadedError,
     NoSearchableModelError,
     QueryNotFoundError,
+    UnknownFusionError,
     UnknownLabelError,
     UnknownModelError,
 )
@@ -90,6 +93,51 @@ class SearchEngine:
     def check_k(self, k: int) -> None:
         if not 1 <= k <= self.settings.max_k:
             raise KOutOfRangeError(f"k must be between 1 and {self.settings.max_k}, got {k}")
+
+    @staticmethod
+    def check_fuse(fuse: str | None) -> None:
+        """``fuse`` is None (no fused entry) or one of ``FUSE_METHODS``."""
+        if fuse is not None and fuse not in FUSE_METHODS:
+            raise UnknownFusionError(f"fuse must be one of {', '.join(FUSE_METHODS)}, got {fuse[:50]!r}")
+
+    def search_depth(self, k: int, fuse: str | None) -> int:
+        """How many neighbours each model reads: k, or with fusion max(k, FUSE_DEPTH) capped by max_k."""
+        return k if fuse is None else max(k, min(FUSE_DEPTH, self.settings.max_k))
+
+    def _fused(self, outcomes: Sequence[ModelResult], deep: Sequence[Sequence[Neighbour]], k: int) -> ModelResult:
+        """The RRF entry (``fused_rrf``): each model's deep ranking fused, the top k by score."""
+        t0 = time.perf_counter()
+        by_id: dict[int, Neighbour] = {}
+        for hits in deep:
+            for h in hits:
+                by_id.setdefault(h.id, h)
+        neighbours: list[Neighbour] = []
+        longest = max((len(h) for h in deep), default=0)
+        if longest:
+            rankings = [np.asarray([[h.id for h in hits]], dtype=np.int64).reshape(1, -1) for hits in deep]
+            rows, scores = reciprocal_rank_fusion(rankings, min(k, longest), k=RRF_K)
+            neighbours = [
+                by_id[int(i)].model_copy(update={"rank": r, "distance": 0.0, "score": float(s)})
+                for r, (i, s) in enumerate(zip(rows[0], scores[0], strict=True), start=1)
+            ]
+        of = ", ".join(m.model_key for m in outcomes)
+        trained = all(m.provenance.trained for m in outcomes)
+        ms = round((time.perf_counter() - t0) * 1000.0, 3)
+        return ModelResult(
+            model_key=FUSED_KEY,
+            display_name=f"Fused (RRF, k={RRF_K})",
+            model_name="rrf",
+            dim=0,
+            provenance=Provenance(
+                label=f"reciprocal rank fusion (k={RRF_K}) of {of}, each read {max(len(h) for h in deep)} deep",
+                trained=trained,
+                untrained=not trained,
+                source=of,
+            ),
+            untrained=not trained,
+            timings=StageTimings(search_ms=ms, total_ms=ms),
+            neighbours=neighbours,
+        )
 
     def index_manifests(self, index: str) -> dict[str, dict[str, Any]]:
         """{model_key: manifest} of one index; IndexNotFoundError when it does not exist."""
@@ -267,10 +315,18 @@ class SearchEngine:
     # -- queries -----------------------------------------------------------------------------------
 
     def _plan(
-        self, index: str, k: int, label: int | str | None, models: Sequence[str] | None, *, need_loaded: bool
+        self,
+        index: str,
+        k: int,
+        label: int | str | None,
+        models: Sequence[str] | None,
+        *,
+        need_loaded: bool,
+        fuse: str | None = None,
     ) -> tuple[dict[str, dict[str, Any]], int | None, list[str], list[tuple[str, str]]]:
         """What every query checks first: (manifests, label id, models to run, models skipped and why)."""
         self.check_k(k)
+        self.check_fuse(fuse)
         manifests = self.index_manifests(index)
         label_id = self.resolve_label(index, manifests, label)
         chosen, skipped = self.select_models(index, manifests, models, need_loaded=need_loaded)
@@ -286,14 +342,15 @@ class SearchEngine:
         skipped: list[tuple[str, str]],
         t0: float,
         decode_ms: float = 0.0,
+        fused: ModelResult | None = None,
     ) -> SearchResult:
         return SearchResult(
             index=index,
             k=k,
             label_filter=label_id,
             query=query,
-            models=outcomes,
-            overlap=overlap_pairs(outcomes),
+            models=outcomes if fused is None else [*outcomes, fused],
+            overlap=overlap_pairs(outcomes),  # the per-model entries only, never the fused one
             skipped=[SkippedModel(model_key=key, reason=reason) for key, reason in skipped],
             decode_ms=round(decode_ms, 3),
             total_ms=round((time.perf_counter() - t0) * 1000.0, 3),
@@ -309,14 +366,19 @@ class SearchEngine:
         label: int | str | None = None,
         kind: str = "upload",
         name: str = "upload",
+        fuse: str | None = None,
     ) -> SearchResult:
-        """Embed an image file's bytes with each model and search the index. Decodes once."""
+        """Embed an image file's bytes with each model and search the index. Decodes once.
+
+        ``fuse="rrf"`` adds a last entry, ``fused_rrf``: the models' rankings (each read ``search_depth`` deep)
+        fused by reciprocal rank fusion; the per-model entries still hold k neighbours."""
         t0 = time.perf_counter()
         if len(data) > self.settings.max_upload_bytes:
             raise ImageDecodeError(
                 name, "too_large", f"{len(data):,} bytes exceeds the limit of {self.settings.max_upload_bytes:,}"
             )
-        manifests, label_id, chosen, skipped = self._plan(index, k, label, models, need_loaded=True)
+        manifests, label_id, chosen, skipped = self._plan(index, k, label, models, need_loaded=True, fuse=fuse)
+        depth = self.search_depth(k, fuse)
         for key in chosen:
             self.check_compatible(index, key, manifests[key])
 
@@ -330,6 +392,7 @@ class SearchEngine:
         )
 
         outcomes = []
+        deep: list[list[Neighbour]] = []
         for key in chosen:
             embedder = self.embedders[key]
             timings: dict[str, float] = {"decode_ms": decode_ms}
@@ -338,10 +401,12 @@ class SearchEngine:
             vector = self.forward(embedder, batch, timings)
             with self._timed(timings, key, "search"):
                 hits = self.store.call(
-                    lambda s, key=key, vector=vector: s.search(index, key, vector, k, label_id=label_id)
+                    lambda s, key=key, vector=vector: s.search(index, key, vector, depth, label_id=label_id)
                 )[0]
-            outcomes.append(self._outcome(key, manifests[key], hits, timings, None))
-        return self._result(index, k, label_id, query, outcomes, skipped, t0, decode_ms)
+            outcomes.append(self._outcome(key, manifests[key], hits[:k], timings, None))
+            deep.append(hits)
+        fused = self._fused(outcomes, deep, k) if fuse else None
+        return self._result(index, k, label_id, query, outcomes, skipped, t0, decode_ms, fused)
 
     def search_by_id(
         self,
@@ -351,12 +416,16 @@ class SearchEngine:
         k: int = 10,
         models: Sequence[str] | None = None,
         label: int | str | None = None,
+        fuse: str | None = None,
     ) -> SearchResult:
-        """ "More like this": each model searches with its own stored vector of ``row_id``, excluding it."""
+        """ "More like this": each model searches with its own stored vector of ``row_id``, excluding it.
+        ``fuse`` as in ``search_image``."""
         t0 = time.perf_counter()
-        manifests, label_id, chosen, skipped = self._plan(index, k, label, models, need_loaded=False)
+        manifests, label_id, chosen, skipped = self._plan(index, k, label, models, need_loaded=False, fuse=fuse)
+        depth = self.search_depth(k, fuse)
         query: QueryInfo | None = None
         outcomes = []
+        deep: list[list[Neighbour]] = []
         for key in chosen:
             timings: dict[str, float] = {"decode_ms": 0.0, "preprocess_ms": 0.0, "queue_ms": 0.0, "forward_ms": 0.0}
             with self._timed(timings, key, "search"):
@@ -367,7 +436,7 @@ class SearchEngine:
                 vector = np.asarray(row["vector"], dtype=np.float32).reshape(1, -1)
                 hits = self.store.call(
                     lambda s, key=key, vector=vector: s.search(
-                        index, key, vector, k, label_id=label_id, exclude_ids=(row_id,)
+                        index, key, vector, depth, label_id=label_id, exclude_ids=(row_id,)
                     )
                 )[0]
             if query is None:
@@ -381,6 +450,12 @@ class SearchEngine:
                     width=row.get("width"),
                     height=row.get("height"),
                 )
-            outcomes.append(self._outcome(key, manifests[key], hits, timings, query.label_id))
+            outcomes.append(self._outcome(key, manifests[key], hits[:k], timings, query.label_id))
+            deep.append(
+                [h.model_copy(update={"same_label_as_query": h.label_id == query.label_id}) for h in hits]
+                if query.label_id is not None
+                else hits
+            )
         assert query is not None  # select_models never returns an empty list
-        return self._result(index, k, label_id, query, outcomes, skipped, t0)
+        fused = self._fused(outcomes, deep, k) if fuse else None
+        return self._result(index, k, label_id, query, outcomes, skipped, t0, fused=fused)

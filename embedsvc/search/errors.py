@@ -53,3 +53,9 @@ class KOutOfRangeError(BadQueryError):
 class UnknownLabelError(SearchError):
     code = "unknown_label"
     http_status = 404
+
+
+class UnknownFusionError(BadQueryError):
+    """A ``fuse`` value other than the methods in ``embedsvc.results.FUSE_METHODS``."""
+
+    code = "unknown_fusion"

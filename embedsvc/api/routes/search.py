@@ -31,6 +31,7 @@ from embedsvc.api.schemas import (
     error_responses,
 )
 from embedsvc.search import SearchResult, parse_model_list
+from embedsvc.search.errors import UnknownFusionError
 
 router = APIRouter(prefix="/search", tags=["search"])
 
@@ -141,14 +142,26 @@ async def search(
     label: Annotated[
         str | None, Query(max_length=512, description="Only neighbours with this label (id or name).")
     ] = None,
+    fuse: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description=(
+                "'rrf': after the per-model entries, add one with model_key fused_rrf, the models' rankings "
+                "(each read max(k, 100) deep, capped by max_k) fused by reciprocal rank fusion (k=60); its "
+                "neighbours carry `score` (distance is 0.0). The overlap never includes it."
+            ),
+        ),
+    ] = None,
 ) -> SearchResponse:
-    engine.check_k(k)  # before reading the body: k's one owner is the search engine
+    engine.check_k(k)  # before reading the body: k's and fuse's one owner is the search engine
+    engine.check_fuse(fuse)
     requested = parse_model_list(models)
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type == "multipart/form-data":
         data, name = await _read_upload(request)
         outcome = await run_in_threadpool(
-            engine.search_image, index, data, k=k, models=requested, label=label, kind="upload", name=name
+            engine.search_image, index, data, k=k, models=requested, label=label, kind="upload", name=name, fuse=fuse
         )
     elif content_type in ("application/json", ""):
         body = await request.body()
@@ -158,12 +171,26 @@ async def search(
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
             ) from None
+        if query.fuse is not None and fuse is not None and query.fuse != fuse:
+            raise UnknownFusionError(f"fuse given twice and differently: {fuse[:50]!r} and {query.fuse[:50]!r}")
+        fuse = fuse if fuse is not None else query.fuse
+        engine.check_fuse(fuse)
         if query.id is not None:
-            outcome = await run_in_threadpool(engine.search_by_id, index, query.id, k=k, models=requested, label=label)
+            outcome = await run_in_threadpool(
+                engine.search_by_id, index, query.id, k=k, models=requested, label=label, fuse=fuse
+            )
         else:
             data = decode_base64(query.image_base64 or "")
             outcome = await run_in_threadpool(
-                engine.search_image, index, data, k=k, models=requested, label=label, kind="base64", name="image_base64"
+                engine.search_image,
+                index,
+                data,
+                k=k,
+                models=requested,
+                label=label,
+                kind="base64",
+                name="image_base64",
+                fuse=fuse,
             )
     else:
         raise UnsupportedMediaTypeError(
