@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from embedsvc.client import (
+    FUSED_KEY,
     ApiError,
     ApiUnavailableError,
     ImagePage,
@@ -92,13 +93,18 @@ def run_search(
     payload: bytes | int,
     filename: str = "query",
     version: str = "",
+    fuse: bool = False,
 ) -> SearchResponse:
-    """One search; errors are raised, so they are never cached. ``version`` only keys the cache."""
+    """One search; errors are raised, so they are never cached. ``version`` only keys the cache.
+    ``fuse`` adds the API's fused (RRF) entry."""
     api = client()
+    how = "rrf" if fuse else None
     if kind == "id":
-        return api.search_by_id(int(payload), index=index, k=k, models=list(models), label=label)
+        return api.search_by_id(int(payload), index=index, k=k, models=list(models), label=label, fuse=how)
     assert isinstance(payload, bytes)
-    return api.search_upload(payload, index=index, k=k, models=list(models), label=label, filename=filename)
+    return api.search_upload(
+        payload, index=index, k=k, models=list(models), label=label, filename=filename, fuse=how
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=64, ttl=300)
@@ -161,13 +167,17 @@ def show_neighbour(model: ModelResult, n: Neighbour, shared: set[int], index: st
 def show_model(model: ModelResult, shared: set[int], index: str, per_row: int) -> None:
     with st.container(key=f"model-{model.model_key}"):
         st.subheader(model.display_name)
-        st.caption(f"`{model.model_key}` · {model.model_name} · {model.dim}-d")
-        if model.untrained:
-            st.error(f"**UNTRAINED** (random weights): {model.provenance.label}. Its neighbours mean nothing.",
-                     icon=":material/warning:")
+        if model.model_key == FUSED_KEY:
+            st.markdown(f":blue-badge[:material/merge: {compare.FUSED_LABEL}] not a model: the columns' rankings fused")
+            st.caption(f"`{model.model_key}` · {model.provenance.label} · ranked by RRF score")
         else:
-            st.caption(f"Weights: {model.provenance.label}")
-        st.caption(compare.timings_line(model))
+            st.caption(f"`{model.model_key}` · {model.model_name} · {model.dim}-d")
+            if model.untrained:
+                st.error(f"**UNTRAINED** (random weights): {model.provenance.label}. Its neighbours mean nothing.",
+                         icon=":material/warning:")
+            else:
+                st.caption(f"Weights: {model.provenance.label}")
+            st.caption(compare.timings_line(model))
         line = compare.precision_line(model)
         if line:
             st.markdown(f"**{line}**")
@@ -181,7 +191,7 @@ def show_model(model: ModelResult, shared: set[int], index: str, per_row: int) -
 
 
 def show_overlap(response: SearchResponse) -> None:
-    keys = [m.model_key for m in response.models]
+    keys = [m.model_key for m in compare.split_fused(response.models)[0]]
     if len(keys) < 2:
         return
     st.subheader(f"Overlap between models (Jaccard@{response.k})")
@@ -207,7 +217,7 @@ def show_overlap(response: SearchResponse) -> None:
     st.dataframe(pd.DataFrame(compare.summary_rows(response)), hide_index=True, width="stretch")
 
 
-def sidebar_controls(info: IndexInfo, max_k: int) -> tuple[list[str], int, str | None]:
+def sidebar_controls(info: IndexInfo, max_k: int) -> tuple[list[str], int, str | None, bool]:
     keys = [m.model_key for m in info.models]
     models = st.sidebar.multiselect(
         "Models (1–4)",
@@ -228,7 +238,12 @@ def sidebar_controls(info: IndexInfo, max_k: int) -> tuple[list[str], int, str |
     label = st.sidebar.selectbox(
         "Label filter", [ANY_LABEL, *labels], key=f"label-{info.name}", help="Only neighbours with this label."
     )
-    return models, k, None if label == ANY_LABEL else label
+    fuse = st.sidebar.checkbox(
+        compare.FUSED_LABEL,
+        key="fuse",
+        help="Add a column: the models' rankings fused by reciprocal rank fusion (k=60), ranked by RRF score.",
+    )
+    return models, k, None if label == ANY_LABEL else label, fuse
 
 
 def pick_controls(info: IndexInfo) -> str | None:
@@ -302,7 +317,7 @@ def main() -> None:
             icon=":material/inbox:",
         )
         st.stop()
-    models, k, label = sidebar_controls(info, listing.max_k)
+    models, k, label, fuse = sidebar_controls(info, listing.max_k)
     if not models:
         st.warning("Choose at least one model in the sidebar.")
         st.stop()
@@ -319,7 +334,7 @@ def main() -> None:
         with st.spinner("Searching with every model…"):
             response = run_search(
                 api_url(), info.name, tuple(models), k, label, query["kind"], payload, query.get("name", "query"),
-                index_version(info),
+                index_version(info), fuse,
             )
     except ApiUnavailableError as exc:
         st.error(api_down_message(exc), icon=":material/power_off:")
@@ -330,13 +345,14 @@ def main() -> None:
         st.stop()
     for skipped in response.skipped:
         st.warning(f"`{skipped.model_key}` left out: {skipped.reason}")
-    shared = compare.shared_ids(response.models)
+    per_model, _ = compare.split_fused(response.models)
+    shared = compare.shared_ids(per_model)  # "found by every model": the models, not the fused column
     n = len(response.models)
     per_row = {1: 5, 2: 3}.get(n, 2)  # thumbnails per row inside a model's column
     query_col, *model_cols = st.columns([1.2] + [float(per_row)] * n, gap="medium")
     with query_col:
         show_query(query, response.query)
-        if n >= 2:
+        if len(per_model) >= 2:
             st.caption(f"{len(shared)} image(s) found by every model (marked *{compare.SHARED_MARK}*).")
         st.caption(f"Search took {response.total_ms:.0f} ms in all (decode {response.decode_ms:.1f} ms).")
     for col, model in zip(model_cols, response.models, strict=True):

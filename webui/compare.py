@@ -11,12 +11,19 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from embedsvc.client import ModelResult, Neighbour, OverlapPair, SearchResponse
+from embedsvc.client import FUSED_KEY, ModelResult, Neighbour, OverlapPair, SearchResponse
 
 MAX_MODELS = 4
+FUSED_LABEL = "Fused (RRF)"  # the checkbox and the fused column's badge
 SAME_LABEL_MARK = "same label"
 OTHER_LABEL_MARK = "other label"
 SHARED_MARK = "found by all"  # every model returned it
+
+
+def split_fused(models: Sequence[ModelResult]) -> tuple[list[ModelResult], ModelResult | None]:
+    """(the per-model entries, the fused entry or None): "found by all", Jaccard and the table use the first only."""
+    fused = next((m for m in models if m.model_key == FUSED_KEY), None)
+    return [m for m in models if m.model_key != FUSED_KEY], fused
 
 
 def shared_ids(models: Sequence[ModelResult]) -> set[int]:
@@ -68,8 +75,10 @@ def marks_for(neighbour: Neighbour, shared: set[int]) -> Marks:
 
 
 def caption(neighbour: Neighbour) -> str:
-    """Rank, distance and label in one short line under a thumbnail."""
+    """Rank, distance (the RRF score in the fused column) and label in one short line under a thumbnail."""
     label = neighbour.label_name or (str(neighbour.label_id) if neighbour.label_id is not None else "unlabelled")
+    if neighbour.score is not None:
+        return f"#{neighbour.rank} · RRF={neighbour.score:.4f} · {label}"
     return f"#{neighbour.rank} · d={neighbour.distance:.3f} · {label}"
 
 
@@ -90,10 +99,11 @@ def precision_line(model: ModelResult) -> str | None:
 
 
 def summary_rows(response: SearchResponse) -> list[dict[str, object]]:
-    """One row per model for a compact comparison table (precision, untrained flag, timings)."""
-    shared = shared_ids(response.models)
+    """One row per model for a compact comparison table (precision, untrained flag, timings); not the fused entry."""
+    models, _ = split_fused(response.models)
+    shared = shared_ids(models)
     rows = []
-    for m in response.models:
+    for m in models:
         flags = [n.same_label_as_query for n in m.neighbours if n.same_label_as_query is not None]
         rows.append(
             {

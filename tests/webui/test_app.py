@@ -355,3 +355,27 @@ def test_every_page_says_when_the_api_is_down_and_imports_no_model_code(tmp_path
     seen, heavy = json.loads(out.stdout.strip().splitlines()[-1])
     assert heavy == []
     assert len(seen) == 3 and all(len(errs) == 1 and "is not reachable" in errs[0] for errs in seen), seen
+
+
+def test_fused_checkbox_adds_a_labelled_fused_column(at: AppTest, running_api: RunningApi, api: EmbedsvcClient) -> None:
+    data = photo(running_api, "bird/erase_gosling.jpg")
+    at.file_uploader(key="upload").set_value(("gosling.jpg", data, "image/jpeg")).run()
+    assert_clean(at)
+    assert not [b for b in at.container if b.key == "model-fused_rrf"]  # off by default
+    at.sidebar.checkbox(key="fuse").check().run()
+    assert_clean(at)
+    expected = api.search_upload(data, index=INDEX, k=K, models=MODELS, fuse="rrf")
+    fused = expected.models[-1]
+    assert fused.model_key == "fused_rrf"
+    block = model_block(at, "fused_rrf")
+    assert [h.value for h in block.subheader] == [fused.display_name]
+    assert compare.FUSED_LABEL in " ".join(m.value for m in block.markdown)
+    assert neighbour_ids(block) == [n.id for n in fused.neighbours]
+    captions = [img for el in block.image for img in el.captions]
+    assert captions == [compare.caption(n) for n in fused.neighbours] and all("RRF=" in c for c in captions)
+    for model in expected.models[:-1]:  # the model columns are still there, unchanged
+        assert neighbour_ids(model_block(at, model.model_key)) == [n.id for n in model.neighbours]
+    # "found by all" means the models only (the fused column marks those of its neighbours too).
+    shared = compare.shared_ids(expected.models[:-1])
+    marks = " ".join(m.value for m in at.markdown).count(compare.SHARED_MARK)
+    assert marks == len(shared) * len(MODELS) + sum(n.id in shared for n in fused.neighbours)
