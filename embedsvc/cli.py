@@ -46,10 +46,18 @@ def models_cmd(
     device: DEVICE = None,
     load: bool = typer.Option(False, "--load", help="Load each model: show its weights' provenance and dimension."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    catalogue: bool = typer.Option(
+        False, "--catalogue", help="List curated timm backbones (use as -m timm:NAME) with their dims and input sizes."
+    ),
 ) -> None:
     """List the embedders embedsvc knows (and, with --load, where each one's weights resolve from)."""
     from embedsvc.models.registry import get_spec, list_specs
 
+    if catalogue:
+        from embedsvc.models.catalogue import catalogue_rows
+
+        _print_rows(catalogue_rows(), as_json)
+        return
     settings = apply_overrides(models=models, weights=weights, allow_random=allow_random_weights, device=device)
     specs = [get_spec(k) for k in settings.model_keys()] if models else list_specs()
     rows = []
@@ -62,6 +70,10 @@ def models_cmd(
             emb = load_embedder(spec.key, settings=settings)
             row |= {"dim": emb.dim, "weights": emb.provenance.label}
         rows.append(row)
+    _print_rows(rows, as_json)
+
+
+def _print_rows(rows: list[dict], as_json: bool) -> None:
     if as_json:
         console.print_json(json.dumps(rows))
         return
