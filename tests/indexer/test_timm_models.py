@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import timm
+import torch
 from typer.testing import CliRunner
 
 from embedsvc.core.config import get_settings
@@ -64,3 +65,12 @@ def test_bad_timm_names_are_one_error_line(tmp_path: Path, cli_env, model: str, 
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_timm_model_weights_from_an_explicit_file(tmp_path: Path) -> None:
+    path = tmp_path / "r18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)
+    settings = make_settings(tmp_path, allow_random_weights=False, weights={"r18": str(path)})
+    emb = load_embedders(["r18=timm:resnet18.a1_in1k"], settings=settings)["r18"]
+    assert emb.provenance.trained and emb.provenance.source == f"file:{path.resolve()}"
+    assert emb.manifest()["weights"]["sha256"] == emb.provenance.sha256 and emb.dim == 512
