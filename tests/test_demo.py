@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from embedsvc.demo import DemoError, wait_ready
+from embedsvc.demo import DemoError, demo_models, wait_ready
 from tests.support import REPO
 
 
@@ -150,3 +150,12 @@ def test_readiness_is_the_childs_own_not_whatever_answers_on_the_port() -> None:
     finally:
         server.kill()
         server.wait()
+
+
+def test_demo_adds_the_three_offline_lite_models_to_the_defaults() -> None:
+    from embedsvc.models.registry import get_spec, list_specs
+
+    defaults = [spec.key for spec in list_specs(default_only=True)]
+    lite = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert demo_models() == [*defaults, *lite]
+    assert all(get_spec(key).weights.kind == "package" for key in lite)  # real weights, no hub needed
