@@ -22,12 +22,11 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from embedsvc.core.config import Settings, get_settings
-from embedsvc.core.errors import EmbedsvcError
+from embedsvc.core.errors import DISK_FULL_ERRNOS, EmbedsvcError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 DEBUG_ENV = "EMBEDSVC_DEBUG"
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 MODELS = Annotated[
     list[str] | None,
@@ -108,7 +107,7 @@ def _one_line(text: str) -> str:
 
 def _os_error_line(exc: OSError) -> str:
     where = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
-    if exc.errno in _DISK_FULL:
+    if exc.errno in DISK_FULL_ERRNOS:
         directory = os.path.dirname(os.path.abspath(str(exc.filename))) if exc.filename is not None else None
         place = f" writing {where} (directory {directory})" if directory else ""
         return f"disk full: {exc.strerror or 'no space left on device'}{place}; free some space and rerun"

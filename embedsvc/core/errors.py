@@ -10,7 +10,11 @@ process holding it) set a class-level ``public_message``: HTTP clients get that,
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
+
+#: The errnos that mean "no room left" (disk or quota); the store and the CLI both classify by them.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class EmbedsvcError(Exception):

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from embedsvc.core.config import Settings
+
 log = logging.getLogger(__name__)
 
-#: gdown's own Drive download URL; ``Settings.gdrive_url`` can point it at a mirror (or a test's server).
-GDRIVE_URL = "https://drive.google.com/uc?id={id}"
+#: gdown's own Drive download URL: the default of ``Settings.gdrive_url`` (which can point at a mirror).
+GDRIVE_URL: str = Settings.model_fields["gdrive_url"].default
 
 
 # The two records a fetch takes and returns; here, not in weights.py, so that weights.py imports this module

@@ -7,13 +7,12 @@ Every failure the store raises is a ``StoreError`` whose message is meant for th
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from embedsvc.core.errors import EmbedsvcError
+from embedsvc.core.errors import DISK_FULL_ERRNOS, EmbedsvcError
 
 
 class StoreError(EmbedsvcError, RuntimeError):
@@ -125,8 +124,7 @@ def error_message(exc: BaseException) -> str:
 
 
 # -- disk full -------------------------------------------------------------------------------
-#: errno values that mean "no space": the device is full, or the user's quota is.
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: What pymilvus / Milvus Lite say when there is no space (the errnos are DISK_FULL_ERRNOS in core.errors).
 _DISK_FULL_HINTS = ("no space left", "database or disk is full", "disk quota exceeded")
 
 
