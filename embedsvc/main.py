@@ -134,6 +134,7 @@ def create_app(
             yield
         finally:
             await run_in_threadpool(state.jobs.shutdown)
+            await run_in_threadpool(state.engine.close)
             await run_in_threadpool(state.store.close)
 
     app = FastAPI(
