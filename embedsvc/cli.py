@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import TaskID
 from rich.table import Table
 
 from embedsvc.cli_common import (
     ALLOW_RANDOM,
+    DATA_DIR,
     DEBUG_ENV,
     DEVICE,
+    MILVUS_URI,
     MODELS,
     WEIGHTS,
     ErrorLineGroup,
@@ -81,6 +85,43 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     console.print(table)
+
+
+# -- export (issue #13): data out as parquet -----------------------------------------------------------
+@app.command("export")
+def export_cmd(
+    index: str = typer.Argument(..., metavar="INDEX", help="Index to export."),
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="Writes DIR/<model>/part-*.parquet and _manifest.json."),
+    models: list[str] | None = typer.Option(
+        None, "--model", "-m", metavar="KEY", help="Only this model of the index (repeatable). Default: all."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the exported models in a non-empty DIR."),
+    part_rows: int = typer.Option(1_000_000, "--part-rows", min=1, metavar="N", help="At most N rows per part file."),
+    milvus_uri: MILVUS_URI = None,
+    data_dir: DATA_DIR = None,
+) -> None:
+    """Export an index's rows and vectors as parquet (pyarrow, pandas, Milvus bulk import read it)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from embedsvc.export import export_index
+    from embedsvc.store import Store
+
+    settings = apply_overrides(milvus_uri=milvus_uri, data_dir=data_dir)
+    with Store.from_settings(settings, owner=f"embedsvc export ({index})") as store, Progress(
+        TextColumn("export {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+        TimeElapsedColumn(), console=Console(stderr=True), transient=False,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def advance(key: str, done: int, total: int) -> None:
+            if key not in tasks:
+                tasks[key] = bar.add_task(f"{index}/{key}", total=total)
+            bar.update(tasks[key], completed=done, total=max(total, done))
+
+        summary = export_index(store, index, out, models=models, overwrite=overwrite, part_rows=part_rows,
+                               progress=advance)
+    for key, done in summary.models.items():
+        console.print(f"{key}: {done.rows:,} rows in {len(done.parts)} part(s) -> {done.directory}")
 
 
 def _register_stages() -> None:
