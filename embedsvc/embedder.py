@@ -1,7 +1,12 @@
 """An embedder: one backbone, its weights, its own preprocessing, and a batched forward pass.
 
 Embedding = pooled pre-logits features (``forward_features`` then ``forward_head(pre_logits=True)``),
-float32, optionally L2-normalised. CPU runs fp32; CUDA runs bf16 autocast and channels_last.
+float32 (upcast, then optionally L2-normalised), in the precision ``models.precision`` resolves for the
+device (bf16 autocast on CUDA and bf16-capable CPUs by default), channels_last, optionally ``torch.compile``d.
+
+On CUDA a batch moves host -> device on a side stream (non-blocking from pinned memory, so the next batch's
+copy overlaps this one's compute) and the embeddings come back non-blocking into pinned host memory behind
+an event: ``embed_async`` returns at once and ``PendingEmbedding.result`` waits only for that batch.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from torch import nn
 import embedsvc.models  # noqa: F401  (registers GResNet with timm)
 from embedsvc import __version__
 from embedsvc.core.config import Settings, get_settings
+from embedsvc.core.errors import EmbedsvcError
 from embedsvc.models import transforms
 from embedsvc.models.checkpoints import CheckpointError, create_with_weights, load_weights
 from embedsvc.models.download import ResolvedWeights
+from embedsvc.models.precision import autocast, resolve_precision
 from embedsvc.models.registry import EmbedderSpec, get_spec
 from embedsvc.models.weights import Provenance, WeightsNotFoundError, resolve_weights_file, verified_sha256, with_advice
 
@@ -66,6 +73,53 @@ class ForwardGate:
 FORWARD_GATE = ForwardGate()
 
 
+class CompileError(EmbedsvcError):
+    """``torch.compile`` could not compile a model's forward on this machine (no compiler, unsupported op)."""
+
+    code = "compile_failed"
+    http_status = 500
+
+
+class EmbedForward(nn.Module):
+    """The whole embedding forward as one module, so ``torch.compile`` sees (and fuses) it as one graph."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+_COPY_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def copy_stream(device: torch.device) -> torch.cuda.Stream:
+    """One host-to-device copy stream per GPU, shared by its models (copies queue behind each other, not compute)."""
+    if device not in _COPY_STREAMS:
+        _COPY_STREAMS[device] = torch.cuda.Stream(device)
+    return _COPY_STREAMS[device]
+
+
+@dataclass
+class PendingEmbedding:
+    """Embeddings on their way back to the host; ``result`` waits for this batch only."""
+
+    host: torch.Tensor | np.ndarray  # pinned float32 (CUDA, filled when ``done`` fires) or the finished array
+    queued: float
+    computed: float = 0.0  # CPU: seconds the forward took; CUDA: read from ``gpu_span`` once done
+    done: torch.cuda.Event | None = None
+    gpu_span: tuple[torch.cuda.Event, torch.cuda.Event] | None = None
+
+    def result(self) -> tuple[np.ndarray, float, float]:
+        """(embeddings, seconds queued at the gate, seconds of compute: the GPU's time between events on CUDA)."""
+        if self.done is None or self.gpu_span is None:
+            return np.asarray(self.host), self.queued, self.computed
+        self.done.synchronize()
+        computed = self.gpu_span[0].elapsed_time(self.gpu_span[1]) / 1000.0
+        return self.host.numpy(), self.queued, computed  # type: ignore[union-attr]
+
+
 @dataclass
 class Embedder:
     spec: EmbedderSpec
@@ -74,11 +128,14 @@ class Embedder:
     data_config: dict[str, Any]
     device: torch.device
     normalize: bool
+    precision: str = "fp32"  # resolved (never "auto"): fp32, bf16 or fp16
+    compiled: bool = False
     gate: ForwardGate = field(default=FORWARD_GATE, repr=False)
 
     def __post_init__(self) -> None:
         self.transform = transforms.eval_transform(self.data_config)
         self.dim = int(self.model.num_features)
+        self.forward_fn: nn.Module = EmbedForward(self.model)
 
     @property
     def key(self) -> str:
@@ -98,20 +155,46 @@ class Embedder:
 
     def embed_timed(self, batch: torch.Tensor) -> tuple[np.ndarray, float, float]:
         """(embeddings, seconds queued at the gate, seconds of forward compute)."""
-        batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return self.embed_async(batch).result()
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """``batch`` on this model's device. CUDA: a non-blocking copy on the side stream (pinned memory makes it
+        truly asynchronous), ordered before whatever the current stream runs next; CPU: the batch itself."""
+        if batch.device == self.device or self.device.type != "cuda":
+            return batch.to(self.device)
+        stream, current = copy_stream(self.device), torch.cuda.current_stream(self.device)
+        if batch.device.type != "cpu":
+            stream.wait_stream(current)  # a device source may still be being written; a host one is complete
+        with torch.cuda.stream(stream):
+            moved = batch.to(self.device, non_blocking=True)
+        current.wait_stream(stream)
+        moved.record_stream(current)  # the allocator must not reuse it while the current stream reads it
+        return moved
+
+    def embed_async(self, batch: torch.Tensor) -> PendingEmbedding:
+        """Queue the forward of ``batch`` ((N, 3, H, W), any float dtype, host or device) and return at once on
+        CUDA; on CPU the work is done when this returns. Vectors: float32, normalised after the upcast."""
         with self.gate.hold(self) as queued, torch.inference_mode():
             start = time.perf_counter()
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    features = self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
-            else:
-                features = self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
+            cuda = self.device.type == "cuda"
+            if cuda:
+                span = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            x = self.to_device(batch).contiguous(memory_format=torch.channels_last)
+            if cuda:
+                span[0].record()
+            with autocast(self.device, self.precision):
+                features = self.forward_fn(x)
             features = features.float()
             if self.normalize:
                 features = F.normalize(features, dim=1)
-            out = features.cpu().numpy()  # inside the turn: on CUDA this waits for the kernels
-            computed = time.perf_counter() - start
-        return out, queued, computed
+            if not cuda:
+                return PendingEmbedding(features.numpy(), queued, time.perf_counter() - start)
+            host = torch.empty(features.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(features, non_blocking=True)
+            span[1].record()
+            done = torch.cuda.Event()
+            done.record()
+        return PendingEmbedding(host, queued, done=done, gpu_span=span)
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         out = [
@@ -130,6 +213,7 @@ class Embedder:
             "normalize": self.normalize,
             "weights": self.provenance.to_dict(),
             "preprocessing": transforms.describe(self.data_config),
+            "precision": self.precision,  # recorded, never an incompatibility (manifest.py says why)
             "code_version": __version__,
         }
 
@@ -164,8 +248,12 @@ def load_embedder(
     normalize: bool | None = None,
     input_size: int | None = None,
     seed: int = 0,
+    precision: str | None = None,
+    compile: bool | None = None,
 ) -> Embedder:
-    """Build, load weights (explicit, cache, hub; random only if allowed), fold, move to device.
+    """Build, load weights (explicit, cache, hub; random only if allowed), fold, move to device, pick the
+    precision (``resolve_precision``) and, with ``compile``, compile the forward (a PrecisionError or
+    CompileError here, before any image is read, rather than mid-run).
 
     With ``allow_random``, weights that resolve but do not load (a truncated download, a pickled module, a
     checkpoint that does not fit) run this one model untrained, with the reason in its provenance, so one
@@ -214,10 +302,39 @@ def load_embedder(
     if spec.serve_transform is not None:
         model = spec.serve_transform(model).eval()
     torch_device = torch.device(device or settings.resolved_device())
+    resolved_precision = resolve_precision(precision or settings.precision, torch_device)
+    if torch_device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
     model = model.to(torch_device, memory_format=torch.channels_last)
     normalize = settings.normalize if normalize is None else normalize
-    log.info("loaded %s (%s) on %s: %s", spec.key, spec.model_name, torch_device, provenance.label)
-    return Embedder(spec, model, provenance, data_config, torch_device, normalize)
+    embedder = Embedder(spec, model, provenance, data_config, torch_device, normalize, resolved_precision)
+    embedder.preprocess_path = settings.preprocess  # the path of the vectors it writes (queries follow their index)
+    if settings.compile if compile is None else compile:
+        compile_forward(embedder)
+    log.info("loaded %s (%s) on %s, %s%s: %s", spec.key, spec.model_name, torch_device, resolved_precision,
+             ", compiled" if embedder.compiled else "", provenance.label)
+    return embedder
+
+
+def compile_forward(embedder: Embedder, warmup_batch: int = 2) -> None:
+    """``torch.compile`` the embedder's forward and compile it now, on a dummy batch with a dynamic batch
+    dimension (one graph for every batch size >= 2), so a machine that cannot compile fails at load with
+    one clear line instead of at the first batch or query."""
+    compiled = torch.compile(embedder.forward_fn)
+    _, height, width = embedder.data_config["input_size"]
+    dummy = torch.zeros(warmup_batch, 3, height, width, device=embedder.device)
+    torch._dynamo.mark_dynamic(dummy, 0)
+    try:
+        with torch.inference_mode(), autocast(embedder.device, embedder.precision):
+            compiled(dummy.contiguous(memory_format=torch.channels_last))
+    except Exception as exc:  # dynamo/inductor raise many types (no compiler, unsupported op, OOM)
+        reason = " ".join(str(exc).split())[:300]
+        raise CompileError(
+            f"torch.compile failed for {embedder.key} on {embedder.device.type} ({type(exc).__name__}: {reason}); "
+            "run without --compile (EMBEDSVC_COMPILE=false)"
+        ) from exc
+    embedder.forward_fn = compiled  # type: ignore[assignment]
+    embedder.compiled = True
 
 
 def load_embedders(keys: Sequence[str], **kwargs: Any) -> dict[str, Embedder]:

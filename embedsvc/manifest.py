@@ -1,7 +1,7 @@
 """The manifest of one (index, model) collection, and the one rule that says whether vectors are comparable.
 
 A manifest records what produced an index's vectors (model, weights, dimension, normalisation,
-preprocessing) and facts for humans (display name, dataset, labels, counts, dates). The store, the
+preprocessing, precision) and facts for humans (display name, dataset, labels, counts, dates). The store, the
 indexer, jobs, the search core and the API all read it through ``Manifest`` and decide comparability
 with ``incompatibilities``, so no two of them can disagree.
 
@@ -78,6 +78,10 @@ class Manifest(BaseModel):
     normalize: bool | None = None
     preprocessing: dict[str, Any] | None = None
     weights: Weights | None = None
+    #: the forward's precision (``models.precision``): fp32, bf16, fp16, or e.g. "bf16+fp32" once runs at both
+    #: wrote rows. Recorded, never compared: bf16 and fp32 vectors of one image agree to cosine >= 0.9999
+    #: (bench/precision_fidelity.py), far closer than any two images, so an index answers queries of either.
+    precision: str | None = None
     code_version: str | None = None
     # for humans
     display_name: str | None = None
@@ -148,6 +152,13 @@ def incompatibilities(
     if old.dataset_root and new.dataset_root and not _same_path(old.dataset_root, new.dataset_root):
         out.append(f"dataset_root: stored {old.dataset_root!r}, new {new.dataset_root!r}")
     return out
+
+
+def combined_precision(stored: str | None, new: str | None) -> str | None:
+    """The ``precision`` an index records once a run at ``new`` adds rows to one made at ``stored``:
+    every precision that wrote rows, sorted and joined with "+" ("bf16+fp32"); None when neither is known."""
+    parts = {p for value in (stored, new) if value for p in value.split("+")}
+    return "+".join(sorted(parts)) or None
 
 
 def incompatible_fields(problems: list[str]) -> list[str]:

@@ -15,6 +15,10 @@ _HF_HOME = tempfile.mkdtemp(prefix="embedsvc-tests-hf-")
 os.environ["HF_HOME"] = _HF_HOME
 os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
 os.environ.pop("HF_HUB_OFFLINE", None)
+# The suite's numeric tolerances (vectors equal to 1e-5, a query's own row at distance < 1e-4) are fp32's, and
+# `auto` is bf16 on CPUs with bf16 units: pin fp32 here (CLI subprocesses inherit it). bf16 and `auto` have their
+# own tests (tests/models/test_precision.py), which set the precision they test.
+os.environ["EMBEDSVC_PRECISION"] = "fp32"
 
 
 # -- Milvus -------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +66,14 @@ class Settings(BaseSettings):
         default=None, description="Override every model's input size (e.g. 64 for fast CPU plumbing tests)."
     )
     batch_size: int = 64
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="Forward precision: auto (bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32), "
+        "fp32, bf16, fp16 (CUDA only). Vectors are float32 either way; recorded per index.",
+    )
+    compile: bool = Field(
+        default=False, description="torch.compile each model's forward (compiled once at load; off unless measured)."
+    )
 
     # --- diagnostics ---------------------------------------------------------------------------
     debug: bool = Field(
@@ -108,6 +117,12 @@ class Settings(BaseSettings):
                 f"(http://host:19530), got {value!r}"
             )
         return value
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _lower_precision(cls, value: object) -> object:
+        """``BF16`` and `` bf16 `` mean bf16 (the allowed values are checked by the type)."""
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("device")
     @classmethod
