@@ -1,11 +1,15 @@
 """Listing rows in id order: pages at any offset (seeking by id past Milvus' query window) and seeded
-random draws."""
+random draws, of one model or the same rows of several (``sample_aligned``, for per-model maps)."""
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from embedsvc.store.catalog import MAX_TOPK
 from embedsvc.store.data import RowData
@@ -15,6 +19,17 @@ log = logging.getLogger(__name__)
 
 #: Largest offset + limit of one query (both engines refuse more); ``list_rows`` pages past it by id.
 _QUERY_WINDOW = MAX_TOPK
+#: Ids per call when a draw reads every id of a collection instead of seeking once per drawn row.
+_ID_PAGE = 10_000
+
+
+@dataclass
+class AlignedSample:
+    """Rows drawn once and read from every model: ``vectors[model][i]`` belongs to ``rows[i]``."""
+
+    rows: list[dict[str, Any]]
+    vectors: dict[str, np.ndarray]
+    total: int  # rows the ids were drawn from
 
 
 class Paging(RowData):
@@ -80,6 +95,36 @@ class Paging(RowData):
             return [], total
         return self._query(name, self._after(expr, after), fields, 0, limit), total
 
+    def _draw_ids(self, name: str, expr: str, count: int, seed: int | None) -> tuple[list[int], int]:
+        """(ids of up to ``count`` distinct rows drawn at random, in the order drawn; rows matching ``expr``).
+
+        Positions in id order are drawn uniformly without replacement, so the same ``seed`` on an
+        unchanged index draws the same ids; ``seed=None`` draws from the OS' entropy. Whatever the
+        number drawn, the cheapest path reads the ids: one query when every position lies in the first
+        query window, every id once when a seek per draw would take more calls, else a seek per draw.
+        """
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        total = self._count(name, expr)
+        rng = random.Random(seed) if seed is not None else random.SystemRandom()
+        positions = rng.sample(range(total), min(count, total))
+        id_at: dict[int, int] = {}
+        if positions and max(positions) < _QUERY_WINDOW:  # one query for the ids up to the last drawn
+            head = [int(r["id"]) for r in self._query(name, expr, ["id"], 0, max(positions) + 1)]
+            id_at = {p: head[p] for p in positions if p < len(head)}
+        elif not expr and len(positions) * _ID_PAGE > total:  # many draws: every id in total / _ID_PAGE calls
+            every = sorted(int(r["id"]) for r in self._iterate(name, ["id"], batch_size=_ID_PAGE))
+            id_at = {p: every[p] for p in positions if p < len(every)}
+        else:
+            after, at = None, -1  # ``after`` is the id at position ``at``
+            for pos in sorted(positions):
+                found = self._seek(name, expr, after, pos - at)
+                if found is None:
+                    break  # rows deleted since counting: fewer rows than drawn
+                after, at = found, pos
+                id_at[pos] = found
+        return [id_at[p] for p in positions if p in id_at], total
+
     def sample_rows(
         self, index: str, model_key: str, count: int, *, seed: int | None = None, label_id: int | None = None
     ) -> tuple[list[dict[str, Any]], int]:
@@ -89,24 +134,37 @@ class Paging(RowData):
         replacement, so the same ``seed`` on an unchanged index gives the same rows; ``seed=None``
         draws from the OS' entropy. Only ids travel until the drawn rows are fetched.
         """
-        if count < 1:
-            raise ValueError(f"count must be >= 1, got {count}")
         name, _ = self._manifest(index, model_key)
-        expr = self._label_filter(label_id)
-        total = self._count(name, expr)
-        rng = random.Random(seed) if seed is not None else random.SystemRandom()
-        positions = rng.sample(range(total), min(count, total))
-        id_at: dict[int, int] = {}
-        if positions and max(positions) < _QUERY_WINDOW:  # one query for the ids up to the last drawn
-            head = [int(r["id"]) for r in self._query(name, expr, ["id"], 0, max(positions) + 1)]
-            id_at = {p: head[p] for p in positions if p < len(head)}
-        else:
-            after, at = None, -1  # ``after`` is the id at position ``at``
-            for pos in sorted(positions):
-                found = self._seek(name, expr, after, pos - at)
-                if found is None:
-                    break  # rows deleted since counting: fewer rows than drawn
-                after, at = found, pos
-                id_at[pos] = found
-        ids = [id_at[p] for p in positions if p in id_at]
+        ids, total = self._draw_ids(name, self._label_filter(label_id), count, seed)
         return self.get_rows(index, model_key, ids), total
+
+    def sample_aligned(
+        self, index: str, model_keys: Sequence[str], count: int, *, seed: int | None = None
+    ) -> AlignedSample:
+        """The same seeded random rows of every model in ``model_keys``, with each model's vectors.
+
+        Ids are drawn (as ``sample_rows`` draws them) from the model with the fewest rows, so that a
+        half-indexed model does not thin the sample; ids some other model lacks are left out. The
+        rows (fields of ``list_rows``) are the first model's, in the order drawn, and every model's
+        vectors are in that same order, so point i is the same image in every model.
+        """
+        keys = list(model_keys)
+        if not keys:
+            raise ValueError("sample_aligned needs at least one model")
+        names = {key: self._manifest(index, key)[0] for key in keys}
+        counts = {key: self._count(names[key], "") for key in keys}
+        smallest = min(keys, key=lambda k: counts[k])
+        ids, total = self._draw_ids(names[smallest], "", count, seed)
+        fetched = {key: {int(r["id"]): r for r in self.get_rows(index, key, ids, with_vectors=True)} for key in keys}
+        kept = [i for i in ids if all(i in fetched[key] for key in keys)]
+        if len(kept) < len(ids):
+            log.warning(
+                "%s: %d of %d drawn rows are missing in some model; left out", index, len(ids) - len(kept), len(ids)
+            )
+        rows = [{k: v for k, v in fetched[keys[0]][i].items() if k != "vector"} for i in kept]
+        vectors = {}
+        for key in keys:
+            dim = int(self._manifest(index, key)[1]["dim"])
+            stacked = [fetched[key][i]["vector"] for i in kept]
+            vectors[key] = np.stack(stacked) if stacked else np.zeros((0, dim), dtype=np.float32)
+        return AlignedSample(rows=rows, vectors=vectors, total=total)
