@@ -21,6 +21,8 @@ from embedsvc.api.schemas import (  # the wire types: callers (the web UI) take 
     IndexInfo,
     IndexList,
     JobInfo,
+    MapPoint,
+    MapsResponse,
     ModelList,
     ModelResult,
     Neighbour,
@@ -45,6 +47,8 @@ __all__ = [
     "IndexInfo",
     "IndexList",
     "JobInfo",
+    "MapPoint",
+    "MapsResponse",
     "ModelList",
     "ModelResult",
     "Neighbour",
@@ -311,3 +315,13 @@ class EmbedsvcClient:
         if sample is not None:
             params["sample"] = sample
         return self._get(f"/indexes/{quote(index, safe='')}/eval", EvalResponse, params=params)
+
+    def maps(self, index: str, *, sample: int | None = None, seed: int = 0, method: str = "auto") -> MapsResponse:
+        """2-D maps of every model's vectors on one seeded sample (GET /indexes/{name}/maps; cached by the API).
+
+        ``sample=None`` takes the API's default (up to 20,000 points); ``method`` is auto, umap or pca.
+        """
+        params: dict[str, str | int] = {"seed": int(seed), "method": method}
+        if sample is not None:
+            params["sample"] = int(sample)
+        return self._get(f"/indexes/{quote(index, safe='')}/maps", MapsResponse, params=params)

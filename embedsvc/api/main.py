@@ -8,7 +8,7 @@ readiness and metrics stay open for probes.
 from fastapi import APIRouter, Depends
 
 from embedsvc.api.deps import require_token, require_token_to_read
-from embedsvc.api.routes import evaluation, health, images, indexes, jobs, metrics, models, search
+from embedsvc.api.routes import evaluation, health, images, indexes, jobs, maps, metrics, models, search
 
 _read = [Depends(require_token_to_read)]
 
@@ -18,6 +18,7 @@ api_router.include_router(images.router, dependencies=_read)
 api_router.include_router(indexes.router, dependencies=_read)
 api_router.include_router(jobs.router, dependencies=[Depends(require_token)])
 api_router.include_router(evaluation.router, dependencies=_read)
+api_router.include_router(maps.router, dependencies=_read)
 api_router.include_router(models.router, dependencies=_read)
 api_router.include_router(health.router)
 api_router.include_router(metrics.router)

@@ -150,6 +150,8 @@ class ModelInfo(BaseModel):
     provenance: Provenance
     untrained: bool
     preprocessing: dict[str, Any]
+    precision: str = Field(default="fp32", description="The forward's precision on this device: fp32, bf16 or fp16.")
+    compiled: bool = Field(default=False, description="The forward runs through torch.compile.")
 
 
 class ModelList(BaseModel):
@@ -212,3 +214,51 @@ class JobInfo(BaseModel):
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries documenting our error body for each status (422 included)."""
     return {status: {"model": ErrorResponse} for status in statuses}
+
+
+# --------------------------------------------------------------------------------------------------
+# Maps (GET /indexes/{name}/maps): 2-D maps of every model's vectors, embedsvc.maps
+# --------------------------------------------------------------------------------------------------
+
+MapMethod = Literal["auto", "umap", "pca"]
+
+
+class MapPoint(BaseModel):
+    """One sampled image; the same point (same position in ``points``) in every model's map."""
+
+    id: int
+    label_id: int = Field(description="-1 when the image has no label.")
+    label: str = Field(description="The label's name ('' when unlabelled).")
+    rel_path: str | None = None
+
+
+class ModelMap(BaseModel):
+    """One model's map: ``x[i], y[i]`` place ``points[i]``."""
+
+    model: str
+    display_name: str | None = None
+    method: Literal["umap", "pca"] = Field(description="What projected this model (auto resolves to one of them).")
+    x: list[float]
+    y: list[float]
+    seconds: float = Field(description="Time the projection of this model took.")
+
+
+class MapsResponse(BaseModel):
+    index: str
+    method: MapMethod = Field(description="The method asked for.")
+    sample: int = Field(description="Points asked for (at most this many are mapped).")
+    seed: int
+    n_points: int
+    total_rows: int = Field(description="Rows the sample was drawn from.")
+    points: list[MapPoint]
+    models: list[ModelMap]
+    computed_at: datetime
+    compute_seconds: float
+    cached: bool = Field(description="True when the maps came from the cache (the index has not changed since).")
+
+    def model_map(self, key: str) -> ModelMap:
+        """The map of model ``key`` (KeyError naming the models there are)."""
+        for m in self.models:
+            if m.model == key:
+                return m
+        raise KeyError(f"no map for {key!r}; maps of {[m.model for m in self.models]}")
