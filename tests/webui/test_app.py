@@ -318,10 +318,19 @@ def test_evaluation_page_and_disagreement_opens_side_by_side(at: AppTest, api: E
     for key, m in report.models.items():
         assert scored.set_index("model").loc[key, "precision@1"] == pytest.approx(m.metrics["precision@1"])
     charts = [c.proto.spec for c in at.get("vega_lite_chart")]
-    assert len(charts) == 1 and "precision@k" in charts[0]  # the precision@k curves
-    assert [s.value for s in at.subheader][:4] == [
-        "Metrics per model", "Precision@k", "Worst classes", "Where the models disagree"
+    assert len(charts) == 3  # the error bars, the matrix of significant wins, the precision@k curves
+    assert "precision@1: 95% intervals" in charts[0] and '"rule"' in charts[0]
+    assert "precision@1: paired comparisons (Holm-adjusted)" in charts[1] and "precision@k" in charts[2]
+    assert [s.value for s in at.subheader][:6] == [
+        "Metrics per model", "Metrics with 95% intervals", "Significant wins", "Precision@k", "Worst classes",
+        "Where the models disagree",
     ]
+    assert "fused_rrf" in list(scored["model"]) and report.fusion is not None
+    fused_weights = scored.set_index("model").loc["fused_rrf", "weights"]
+    assert fused_weights == f"fusion: RRF (k = 60) of {', '.join(report.fusion.of)}"
+    at.selectbox(key="ci-metric").set_value("all metrics").run()  # small multiples of every metric
+    assert_clean(at)
+    assert '"facet"' in at.get("vega_lite_chart")[0].proto.spec
     opens = [b for b in at.button if b.key and b.key.startswith("open-")]
     examples = report.cross_model.agreement.examples
     expected = sum(min(len(v), 6) for v in examples.only_right.values()) + min(len(examples.none_right), 6)

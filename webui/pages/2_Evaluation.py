@@ -1,8 +1,11 @@
 """Evaluation: which model retrieves best on this index, measured leave-one-out on its own labels.
 
 Everything comes from ``GET /indexes/{name}/eval`` (exact search over the stored vectors, cached by the
-API per index version). Disagreement examples, queries where only one model is right at rank 1 or none
-is, open in the side-by-side comparison page as "more like this" queries.
+API per index version). Each metric is drawn with its 95% bootstrap interval, and the report's paired
+tests as a matrix of significant wins (worded by the report: "better" only where the Holm-adjusted p is
+below 0.05); the fused entry (RRF of the models) is drawn apart from the backbones. Disagreement
+examples, queries where only one model is right at rank 1 or none is, open in the side-by-side
+comparison page as "more like this" queries.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from embedsvc.client import ApiError, ApiUnavailableError, EvalResponse
+from embedsvc.client import FUSED_KEY, ApiError, ApiUnavailableError, EvalResponse
+from embedsvc.webui import eval_view
 from embedsvc.webui.common import (
     INDEX_STATE,
     QUERY_STATE,
@@ -39,7 +43,10 @@ def metric_table(report: EvalResponse, with_chance: bool) -> pd.DataFrame:
     rows = []
     for key, m in report.models.items():
         info = m.model
-        base = {"model": key, "weights": info.weights if info else None}
+        weights = info.weights if info else None
+        if key == FUSED_KEY and report.fusion:  # not a backbone: say what it fuses
+            weights = f"fusion: RRF (k = {report.fusion.k}) of {', '.join(report.fusion.of)}"
+        base = {"model": key, "weights": weights}
         rows.append(base | {"scored against": "labels"} | m.metrics)
         if with_chance and m.chance:
             rows.append(base | {"scored against": "shuffled labels (chance)"} | m.chance)
@@ -98,9 +105,35 @@ def example_row(index: str, title: str, count: int, ids: list[int], key: str) ->
                 open_side_by_side(index, row_id)
 
 
-def show_uncertainty(report: EvalResponse) -> None:
-    """95% intervals and the paired verdicts: "A better than B" only where the Holm-adjusted p < 0.05."""
-    with st.expander("95% confidence intervals (bootstrap over queries)"):
+def show_intervals(report: EvalResponse) -> None:
+    """Every entry's metric as a point with its 95% interval as an error bar; the fused entry drawn apart."""
+    metrics = eval_view.ci_metrics(report)
+    if not metrics:
+        st.caption("No intervals in this report (nothing evaluable).")
+        return
+    choices = [*metrics, eval_view.ALL_METRICS]
+    metric = st.selectbox(
+        "Intervals of",
+        choices,
+        index=choices.index("precision@1") if "precision@1" in choices else 0,
+        key="ci-metric",
+        help="One metric, or every metric in small multiples.",
+    )
+    with st.container(key="ci-chart"):  # tests and styles find the chart by this key
+        st.altair_chart(eval_view.ci_chart(report, metric), width="stretch")
+    if report.fusion:
+        f = report.fusion
+        st.caption(
+            f"**{f.key}** (dashed, diamond) is not a backbone: the reciprocal rank fusion (k = {f.k}) of "
+            f"{', '.join(f.of)}, each ranking read to depth {f.depth}."
+        )
+    if report.uncertainty:
+        u = report.uncertainty
+        st.caption(
+            f"{u.confidence:.0%} percentile-bootstrap intervals over the {report.queries.n_evaluated} evaluated "
+            f"queries ({u.resamples:,} resamples, seed {u.seed})."
+        )
+    with st.expander("The intervals as a table"):
         st.dataframe(
             pd.DataFrame(
                 [
@@ -112,26 +145,35 @@ def show_uncertainty(report: EvalResponse) -> None:
             hide_index=True,
             width="stretch",
         )
-    if not report.paired:
+
+
+def show_paired(report: EvalResponse) -> None:
+    """The report's paired tests on one metric: a matrix of who is better, then every comparison spelled out."""
+    metrics = eval_view.paired_metrics(report)
+    if not metrics:
+        st.caption("Nothing to compare: the report has a single model.")
         return
-    metrics = list(dict.fromkeys(p.metric for p in report.paired))
     metric = st.selectbox(
         "Paired comparison on",
         metrics,
         index=metrics.index("precision@1") if "precision@1" in metrics else 0,
         key="paired-metric",
     )
-    for p in (p for p in report.paired if p.metric == metric):
-        test = "McNemar exact" if p.test == "mcnemar_exact" else p.test
-        st.markdown(
-            f"- {p.a} vs {p.b}: **{p.says()}** ({p.a} − {p.b} = {p.diff:+.3f} [{p.ci[0]:+.3f}, {p.ci[1]:+.3f}], "
-            f"{test}, p (Holm) {p.p_holm:.4f})"
-        )
+    with st.container(key="win-matrix"):
+        st.altair_chart(eval_view.matrix_chart(report, metric), width="stretch")
     if report.uncertainty:
         st.caption(
-            f"p-values Holm-adjusted over all {report.uncertainty.n_comparisons} comparisons (every pair and metric); "
-            f"{report.uncertainty.resamples:,} resamples, seed {report.uncertainty.seed}."
+            f"Each cell reads row A against column B. \"Better\" only where the Holm-adjusted p-value is below "
+            f"{report.uncertainty.alpha}, over all {report.uncertainty.n_comparisons} comparisons of the report "
+            f"(every pair and metric); hover a cell for A − B, its 95% paired-bootstrap interval and p."
         )
+    with st.expander(f"Every comparison on {metric}"):
+        for p in (p for p in report.paired if p.metric == metric):
+            test = "McNemar exact" if p.test == "mcnemar_exact" else p.test
+            st.markdown(
+                f"- {p.a} vs {p.b}: **{p.says()}** ({p.a} − {p.b} = {p.diff:+.3f} "
+                f"[{p.ci[0]:+.3f}, {p.ci[1]:+.3f}], {test}, p (Holm) {p.p_holm:.4f})"
+            )
 
 
 def show_report(report: EvalResponse) -> None:
@@ -154,7 +196,12 @@ def show_report(report: EvalResponse) -> None:
     table = metric_table(report, with_chance)
     number_cols = [c for c in table.columns if c not in ("model", "weights", "scored against")]
     st.dataframe(table.style.format("{:.3f}", subset=number_cols, na_rep="–"), hide_index=True, width="stretch")
-    show_uncertainty(report)
+
+    st.subheader("Metrics with 95% intervals")
+    show_intervals(report)
+
+    st.subheader("Significant wins")
+    show_paired(report)
 
     st.subheader("Precision@k")
     st.altair_chart(precision_curves(report), width="stretch")
