@@ -9,6 +9,7 @@ and a non-zero exit, so no command needs its own try/except for the common cases
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import logging
 import os
@@ -16,7 +17,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -46,6 +47,22 @@ MILVUS_URI = Annotated[
 ]
 DATA_DIR = Annotated[
     str | None, typer.Option("--data-dir", metavar="DIR", help="Lite database, reports and caches go here.")
+]
+#: the settings' forward precisions (``Settings.precision``; ``models.precision`` decides what auto means)
+PrecisionChoice = enum.StrEnum(  # type: ignore[misc]
+    "PrecisionChoice", {v: v for v in get_args(Settings.model_fields["precision"].annotation)}
+)
+PRECISION = Annotated[
+    PrecisionChoice | None,
+    typer.Option(
+        "--precision",
+        metavar="P",
+        help="auto (bf16 where the hardware has it), fp32, bf16, fp16 (CUDA only).",
+    ),
+]
+COMPILE = Annotated[
+    bool | None,
+    typer.Option("--compile/--no-compile", help="torch.compile each model's forward at load (default: off)."),
 ]
 
 
@@ -284,6 +301,8 @@ def apply_overrides(
     device: str | None = None,
     milvus_uri: str | None = None,
     data_dir: str | None = None,
+    precision: str | None = None,
+    compile: bool | None = None,
 ) -> Settings:
     """Settings from env/.env with the command line's flags on top (flags win)."""
     base = get_settings()
@@ -300,4 +319,8 @@ def apply_overrides(
         update["milvus_uri"] = milvus_uri
     if data_dir:
         update["data_dir"] = data_dir
+    if precision:
+        update["precision"] = str(precision)
+    if compile is not None:
+        update["compile"] = compile
     return Settings(**(base.model_dump() | update)) if update else base

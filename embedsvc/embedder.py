@@ -308,7 +308,6 @@ def load_embedder(
     model = model.to(torch_device, memory_format=torch.channels_last)
     normalize = settings.normalize if normalize is None else normalize
     embedder = Embedder(spec, model, provenance, data_config, torch_device, normalize, resolved_precision)
-    embedder.preprocess_path = settings.preprocess  # the path of the vectors it writes (queries follow their index)
     if settings.compile if compile is None else compile:
         compile_forward(embedder)
     log.info("loaded %s (%s) on %s, %s%s: %s", spec.key, spec.model_name, torch_device, resolved_precision,
@@ -316,17 +315,21 @@ def load_embedder(
     return embedder
 
 
-def compile_forward(embedder: Embedder, warmup_batch: int = 2) -> None:
-    """``torch.compile`` the embedder's forward and compile it now, on a dummy batch with a dynamic batch
-    dimension (one graph for every batch size >= 2), so a machine that cannot compile fails at load with
-    one clear line instead of at the first batch or query."""
+def compile_forward(embedder: Embedder) -> None:
+    """``torch.compile`` the embedder's forward and compile it now, so a machine that cannot compile fails at
+    load with one clear line instead of at the first batch or query: one graph with a dynamic batch dimension
+    (every batch of 2 or more) and one for a single image (torch specialises size 1; a query's batch)."""
     compiled = torch.compile(embedder.forward_fn)
     _, height, width = embedder.data_config["input_size"]
-    dummy = torch.zeros(warmup_batch, 3, height, width, device=embedder.device)
-    torch._dynamo.mark_dynamic(dummy, 0)
     try:
-        with torch.inference_mode(), autocast(embedder.device, embedder.precision):
-            compiled(dummy.contiguous(memory_format=torch.channels_last))
+        for n in (2, 1):
+            with torch.inference_mode(), autocast(embedder.device, embedder.precision):  # as embed_async calls it
+                dummy = torch.zeros(n, 3, height, width, device=embedder.device).contiguous(
+                    memory_format=torch.channels_last
+                )
+                if n > 1:
+                    torch._dynamo.mark_dynamic(dummy, 0)
+                compiled(dummy)
     except Exception as exc:  # dynamo/inductor raise many types (no compiler, unsupported op, OOM)
         reason = " ".join(str(exc).split())[:300]
         raise CompileError(

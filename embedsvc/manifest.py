@@ -161,6 +161,16 @@ def combined_precision(stored: str | None, new: str | None) -> str | None:
     return "+".join(sorted(parts)) or None
 
 
+def precision_mismatch(stored: Manifest | Mapping[str, Any] | None, wanted: str) -> str | None:
+    """Why the vectors ``stored`` describes were not all made at ``wanted`` (``embedsvc eval --precision``, which
+    reads stored vectors and never re-embeds), or None when they were. Manifests older than the field say nothing
+    (CPU runs were fp32 then, CUDA runs bf16), so they never match."""
+    recorded = Manifest.of(stored).precision
+    if recorded == wanted:
+        return None
+    return f"made at {recorded}" if recorded else "made before precision was recorded"
+
+
 def incompatible_fields(problems: list[str]) -> list[str]:
     """The field names of ``incompatibilities``' messages, in order."""
     return [p.split(":", 1)[0] for p in problems]

@@ -17,10 +17,12 @@ import typer
 
 from embedsvc.cli_common import (
     ALLOW_RANDOM,
+    COMPILE,
     DATA_DIR,
     DEVICE,
     MILVUS_URI,
     MODELS,
+    PRECISION,
     WEIGHTS,
     apply_overrides,
     check_port_free,
@@ -54,6 +56,8 @@ def serve_settings(
     allowed_roots: list[Path] | None = None,
     cors_origins: list[str] | None = None,
     input_size: int | None = None,
+    precision: str | None = None,
+    compile: bool | None = None,
 ) -> Settings:
     """Settings from env/.env with this command's flags on top."""
     base = apply_overrides(
@@ -63,6 +67,8 @@ def serve_settings(
         device=device,
         milvus_uri=milvus_uri,
         data_dir=data_dir,
+        precision=precision,
+        compile=compile,
     )
     update: dict = {}
     if host:
@@ -124,6 +130,8 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--torch-threads", help="Intra-op threads for CPU forwards; 0: torch's default.")
         ] = 0,
         log_level: Annotated[LogLevel, typer.Option("--log-level", help="uvicorn log level.")] = LogLevel.info,
+        precision: PRECISION = None,
+        compile_model: COMPILE = None,
     ) -> None:
         """Serve the search API (POST /search, /images, /indexes, /models, /health, /ready, /metrics)."""
         import uvicorn
@@ -142,6 +150,8 @@ def register(app: typer.Typer) -> None:
             allowed_roots=allowed_root,
             cors_origins=cors_origin,
             input_size=input_size,
+            precision=precision,
+            compile=compile_model,
         )
         check_port_free(settings.host, settings.port, "--port N (or EMBEDSVC_PORT=N)")
         set_torch_threads(torch_threads)

@@ -18,7 +18,18 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from embedsvc.cli_common import ALLOW_RANDOM, DATA_DIR, DEVICE, MILVUS_URI, MODELS, WEIGHTS, apply_overrides, fail
+from embedsvc.cli_common import (
+    ALLOW_RANDOM,
+    COMPILE,
+    DATA_DIR,
+    DEVICE,
+    MILVUS_URI,
+    MODELS,
+    PRECISION,
+    WEIGHTS,
+    apply_overrides,
+    fail,
+)
 from embedsvc.core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -184,6 +195,8 @@ def folder_cmd(
     device: DEVICE = None,
     milvus_uri: MILVUS_URI = None,
     data_dir: DATA_DIR = None,
+    precision: PRECISION = None,
+    compile_model: COMPILE = None,
 ) -> None:
     """Index every image under ROOT into index NAME; rerun to resume, update or (--prune) clean up."""
     from embedsvc.indexer.folder import folder_source
@@ -195,6 +208,8 @@ def folder_cmd(
         device=device,
         milvus_uri=milvus_uri,
         data_dir=data_dir,
+        precision=precision,
+        compile=compile_model,
     )
     _run(
         lambda: folder_source(
@@ -245,6 +260,8 @@ def imagenet_val_cmd(
     device: DEVICE = None,
     milvus_uri: MILVUS_URI = None,
     data_dir: DATA_DIR = None,
+    precision: PRECISION = None,
+    compile_model: COMPILE = None,
 ) -> None:
     """Index the ImageNet-1k validation set with timm's class ids and names as labels."""
     from embedsvc.indexer.imagenet import imagenet_val_source
@@ -256,6 +273,8 @@ def imagenet_val_cmd(
         device=device,
         milvus_uri=milvus_uri,
         data_dir=data_dir,
+        precision=precision,
+        compile=compile_model,
     )
     _run(
         lambda: imagenet_val_source(root, labels=labels, devkit=devkit, limit=limit, classes=classes, shard=shard),

@@ -36,6 +36,7 @@ from embedsvc.indexer.report import (
     write_failures_report,
 )
 from embedsvc.indexer.writer import StoreWriter
+from embedsvc.manifest import combined_precision
 from embedsvc.store import Store
 from embedsvc.store.naming import check_index_name
 
@@ -224,7 +225,13 @@ def _finish(
         counts.images_per_s = mapper.timer.rate(key)
         store.flush(index_name, key)
         finished = datetime.now(UTC).isoformat(timespec="seconds")
-        store.update_manifest(index_name, key, row_count=store.count(index_name, key), date=finished)
+        rows = store.count(index_name, key)
+        fields: dict[str, Any] = {"row_count": rows, "date": finished}
+        if counts.indexed:  # the precision(s) that made the rows (manifest.combined_precision); unknown stays unknown
+            stored = store.get_manifest(index_name, key) or {}
+            if stored.get("precision") or rows <= counts.indexed:
+                fields["precision"] = combined_precision(stored.get("precision"), mapper.embedders[key].precision)
+        store.update_manifest(index_name, key, **fields)
     report_path = report_failures(settings, index_name, plan.source.shard, mapper.failures)
     wall = time.perf_counter() - start
     return IndexSummary(

@@ -26,6 +26,7 @@ def base() -> dict[str, Any]:
         "preprocessing": {"input_size": [3, 64, 64], "interpolation": "bicubic"},
         "weights": TRAINED_A,
         "code_version": "0.1.0",
+        "precision": "fp32",
         "index_kind": "folder",
         "dataset_root": "/data/photos",
         "dataset": "folder /data/photos",
@@ -59,6 +60,7 @@ CASES = [
     ("schema_version", {"schema_version": 2}, []),
     ("display_name", {"display_name": "Other"}, []),
     ("code_version", {"code_version": "9.9"}, []),
+    ("precision", {"precision": "bf16"}, []),  # recorded, not compared: bf16 and fp32 vectors agree (manifest.py)
     ("dataset", {"dataset": "described otherwise"}, []),
     ("label_names", {"label_names": ["cat"]}, []),
     ("row_count", {"row_count": 99}, []),

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from embedsvc.cli_common import DATA_DIR, DEVICE, MILVUS_URI, MODELS, apply_overrides, fail
+from embedsvc.cli_common import DATA_DIR, DEVICE, MILVUS_URI, MODELS, PrecisionChoice, apply_overrides, fail
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,18 @@ def _parse_k_list(value: str) -> list[int]:
 
 def _fail(message: str) -> typer.Exit:
     return fail(message, EXIT_ERROR)
+
+
+def _check_precision(store: object, index: str, models: list[str] | None, wanted: str) -> None:
+    """``--precision``: one error line naming each evaluated model whose stored vectors were made otherwise."""
+    from embedsvc.manifest import precision_mismatch
+
+    keys = models or store.models_of(index)  # type: ignore[attr-defined]
+    problems = [f"{key} {why}" for key in keys
+                if (why := precision_mismatch(store.get_manifest(index, key), wanted))]  # type: ignore[attr-defined]
+    if problems:
+        raise _fail(f"index {index!r} has vectors not made at {wanted}: {'; '.join(problems)}; eval reads stored "
+                    f"vectors: re-index with --precision {wanted} under another --name, or drop --precision")
 
 
 def eval_cmd(
@@ -67,6 +79,11 @@ def eval_cmd(
     device: DEVICE = None,
     milvus_uri: MILVUS_URI = None,
     data_dir: DATA_DIR = None,
+    precision: Annotated[
+        PrecisionChoice | None,
+        typer.Option("--precision", metavar="P", help="Refuse unless the stored vectors were made at P "
+                     "(fp32, bf16, fp16; eval never re-embeds)."),
+    ] = None,
 ) -> None:
     """Leave-one-out retrieval metrics of every model in INDEX, from its stored vectors (no re-embedding).
 
@@ -87,6 +104,8 @@ def eval_cmd(
         raise _fail(f"cannot open the Milvus store at {settings.resolved_milvus_uri}: {exc}") from None
     console = Console(stderr=True)
     try:
+        if precision is not None and str(precision) != "auto":
+            _check_precision(store, index, models, str(precision))
         with Progress(
             TextColumn(f"eval {index}"),
             BarColumn(),
@@ -130,6 +149,7 @@ def eval_cmd(
     args += ["--ci-resamples", str(ci_resamples)] if ci_resamples != 10_000 else []
     args += ["--ci-seed", str(ci_seed)] if ci_seed else []
     args += [] if fuse else ["--no-fuse"]
+    args += ["--precision", str(precision)] if precision is not None and str(precision) != "auto" else []
     args += ["--data-dir", str(data_dir)] if data_dir else []
     args += ["--milvus-uri", milvus_uri] if milvus_uri else []
     with disk_full_as_error(out_dir, "writing the evaluation report"):

@@ -31,6 +31,8 @@ def model_info(embedder: Embedder) -> ModelInfo:
         ),
         untrained=embedder.untrained,
         preprocessing=dict(manifest.get("preprocessing") or {}),
+        precision=embedder.precision,
+        compiled=embedder.compiled,
     )
 
 
