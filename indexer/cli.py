@@ -57,6 +57,27 @@ WORKERS = Annotated[
     int | None,
     typer.Option("--workers", min=0, help="Processes that decode ahead (0: none). Default: 2 on CPU, more on CUDA."),
 ]
+BULK_THRESHOLD = Annotated[
+    int | None,
+    typer.Option(
+        "--bulk-threshold", min=0, metavar="ROWS",
+        help="Bulk-import a model's rows into a Milvus server when a run writes ROWS or more (default 1000000).",
+    ),
+]
+
+
+def with_bulk_threshold(settings: Settings, rows: int | None) -> Settings:
+    """``settings`` with ``--bulk-threshold`` on top (the writer's ``bulk_models`` reads it); asked of a Milvus Lite
+    store, one error line at once (Lite has no import API), not after the models have loaded."""
+    if rows is None:
+        return settings
+    updated = Settings(**(settings.model_dump() | {"bulk_threshold": rows}))
+    if not updated.uses_milvus_server:
+        raise _fail(
+            f"--bulk-threshold needs a Milvus server: Milvus Lite ({updated.resolved_milvus_uri}) cannot bulk import; "
+            "drop the flag (rows are upserted) or pass --milvus-uri http://host:19530"
+        )
+    return updated
 
 
 def register(app: typer.Typer) -> None:
@@ -194,6 +215,7 @@ def folder_cmd(
     allow_random_weights: ALLOW_RANDOM = False,
     device: DEVICE = None,
     milvus_uri: MILVUS_URI = None,
+    bulk_threshold: BULK_THRESHOLD = None,
     data_dir: DATA_DIR = None,
     precision: PRECISION = None,
     compile_model: COMPILE = None,
@@ -211,6 +233,7 @@ def folder_cmd(
         precision=precision,
         compile=compile_model,
     )
+    settings = with_bulk_threshold(settings, bulk_threshold)
     _run(
         lambda: folder_source(
             root, labels_from_dirs=labels_from_dirs, labels_csv=labels_csv, limit=limit, shard=shard
@@ -259,6 +282,7 @@ def imagenet_val_cmd(
     allow_random_weights: ALLOW_RANDOM = False,
     device: DEVICE = None,
     milvus_uri: MILVUS_URI = None,
+    bulk_threshold: BULK_THRESHOLD = None,
     data_dir: DATA_DIR = None,
     precision: PRECISION = None,
     compile_model: COMPILE = None,
@@ -276,6 +300,7 @@ def imagenet_val_cmd(
         precision=precision,
         compile=compile_model,
     )
+    settings = with_bulk_threshold(settings, bulk_threshold)
     _run(
         lambda: imagenet_val_source(root, labels=labels, devkit=devkit, limit=limit, classes=classes, shard=shard),
         index_name=name,

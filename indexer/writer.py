@@ -5,6 +5,11 @@ Lite slows ~40x once one request passes ~4 MB) and written at most ``max_latency
 arrive, so a killed run loses only the last few seconds of work. The queue is bounded: if the store
 falls behind, compute waits instead of piling vectors up in memory. No flush per batch: the runner
 flushes once at the end.
+
+The one switch between row upserts and Milvus bulk import is here too (``bulk_models``): a model whose run writes at
+least ``bulk_threshold`` rows (settings, ``--bulk-threshold``; 1,000,000 when unset) into a Milvus server goes through
+``embedsvc.store.bulk.BulkImporter`` (parquet files and import jobs, verified counts) in the same writer thread;
+everything else, and everything on Milvus Lite, is upserted.
 """
 
 from __future__ import annotations
@@ -13,16 +18,42 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from embedsvc.core.errors import EmbedsvcError
 from embedsvc.store import Store
+from embedsvc.store.bulk import BulkConfig, BulkImporter, check_bulk_capable
 from embedsvc.store.rows import MAX_BATCH_ROWS, rows_per_request  # the store owns request sizes
+
+if TYPE_CHECKING:
+    from embedsvc.core.config import Settings
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+
+#: Rows per model and run from which a Milvus server gets them by bulk import (when ``bulk_threshold`` is unset).
+DEFAULT_BULK_THRESHOLD = 1_000_000
+
+
+def bulk_models(store: Store, expected_rows: Mapping[str, int], settings: Settings) -> dict[str, BulkConfig]:
+    """Which models of a run go by bulk import (model key -> staging config); the others are upserted.
+
+    ``expected_rows``: rows each model will write in this run. Milvus Lite always upserts, but a threshold that was
+    set explicitly and is reached there raises ``BulkImportUnsupportedError`` (before anything is written).
+    """
+    threshold = settings.bulk_threshold
+    limit = DEFAULT_BULK_THRESHOLD if threshold is None else threshold
+    reached = [key for key, n in expected_rows.items() if n > 0 and n >= limit]
+    if store.is_lite:
+        if threshold is not None and reached:
+            check_bulk_capable(store)
+        return {}
+    config = BulkConfig(
+        staging_dir=settings.resolved_bulk_dir, server_dir=settings.bulk_server_dir, timeout_s=settings.bulk_timeout_s
+    )
+    return {key: config for key in reached}
 
 
 class WriterError(EmbedsvcError):
@@ -52,7 +83,9 @@ class StoreWriter:
         max_latency_s: float = 2.0,
         queue_size: int = 8,
         on_written: Callable[[str, int], None] | None = None,
+        bulk: Mapping[str, BulkConfig] | None = None,
     ) -> None:
+        """``bulk``: models whose rows go by bulk import instead of upserts (``bulk_models`` decides)."""
         self.store = store
         self.index = index
         self.max_rows = max_rows
@@ -60,7 +93,9 @@ class StoreWriter:
         self.on_written = on_written
         self.written: dict[str, int] = {}
         self.requests = 0
-        self.seconds = 0.0  # time spent inside store.upsert
+        self.seconds = 0.0  # time spent inside store.upsert (and bulk import jobs)
+        self.bulk = dict(bulk or {})
+        self.importers: dict[str, BulkImporter] = {}
         self.error: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._buffers: dict[str, list[dict[str, Any]]] = {}
@@ -97,6 +132,8 @@ class StoreWriter:
         """Stop without writing what is still queued (the run is failing anyway)."""
         self._abort.set()
         self._thread.join(timeout=30)
+        for importer in self.importers.values():
+            importer.abort()
 
     def _check(self) -> None:
         if self.error is not None:
@@ -114,6 +151,11 @@ class StoreWriter:
                 if item is _STOP:
                     for key in list(self._buffers):
                         self._drain(key, everything=True)
+                    for key, importer in self.importers.items():
+                        start = time.perf_counter()
+                        imported = importer.imported
+                        self._count(key, importer.close() - imported)
+                        self.seconds += time.perf_counter() - start
                     return
                 key, rows = item
                 if not self._buffers.get(key):
@@ -142,14 +184,27 @@ class StoreWriter:
             part, rows = rows[:chunk], rows[chunk:]
             self._buffers[key] = rows
             start = time.perf_counter()
+            if key in self.bulk:
+                importer = self.importers.get(key)
+                if importer is None:
+                    importer = self.importers[key] = BulkImporter(self.store, self.index, key, self.bulk[key])
+                before = importer.imported
+                importer.add(part)  # buffered; a full file is imported (and verified) here
+                self.seconds += time.perf_counter() - start
+                self._count(key, importer.imported - before)
+                continue
             self.store.upsert(self.index, key, part)
             self.seconds += time.perf_counter() - start
             self.requests += 1
-            first = key not in self.written
-            self.written[key] = self.written.get(key, 0) + len(part)
-            (log.info if first else log.debug)(
-                "wrote %d rows to %s/%s (%d so far)", len(part), self.index, key, self.written[key]
-            )
-            if self.on_written is not None:
-                self.on_written(key, len(part))
+            self._count(key, len(part))
         self._since[key] = time.monotonic()
+
+    def _count(self, key: str, n: int) -> None:
+        """``n`` more rows of ``key`` are stored (upserted, or imported and verified)."""
+        if n <= 0:
+            return
+        first = key not in self.written
+        self.written[key] = self.written.get(key, 0) + n
+        (log.info if first else log.debug)("wrote %d rows to %s/%s (%d so far)", n, self.index, key, self.written[key])
+        if self.on_written is not None:
+            self.on_written(key, n)

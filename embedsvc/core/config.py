@@ -39,6 +39,24 @@ class Settings(BaseSettings):
         default=5, gt=0, description="Seconds to wait for the connection to Milvus when a store is opened."
     )
 
+    # --- bulk import (large ingests into a Milvus server) ------------------------------------------
+    bulk_threshold: int | None = Field(
+        default=None,
+        ge=0,
+        description="Rows per model in one indexing run from which a Milvus server gets them by bulk import "
+        "(parquet files and import jobs) instead of upserts. Unset: 1,000,000 on a server, never on Milvus Lite "
+        "(which cannot bulk import: set, it is an error there once a run reaches it).",
+    )
+    bulk_dir: Path | None = Field(
+        default=None, description="Where bulk-import parquet files are staged; default data_dir/bulk."
+    )
+    bulk_server_dir: Path | None = Field(
+        default=None,
+        description="bulk_dir as the Milvus server sees it (its local storage, or a volume both mount, perhaps "
+        "elsewhere); default: the same path.",
+    )
+    bulk_timeout_s: float = Field(default=1800, gt=0, description="Seconds one bulk import job may take.")
+
     # --- models --------------------------------------------------------------------------------
     models: list[str] = Field(
         default_factory=list, description="Embedder keys to load; empty: the registry's default models (model_keys())."
@@ -143,6 +161,15 @@ class Settings(BaseSettings):
     @property
     def resolved_milvus_uri(self) -> str:
         return self.milvus_uri or str(self.data_dir / "milvus.db")
+
+    @property
+    def resolved_bulk_dir(self) -> Path:
+        return self.bulk_dir or self.data_dir / "bulk"
+
+    @property
+    def uses_milvus_server(self) -> bool:
+        """A server URI (``http(s)://``, ``tcp://``, ...), not a Milvus Lite file."""
+        return self.resolved_milvus_uri.partition(":")[0].lower() in _SERVER_SCHEMES
 
     @property
     def resolved_cache_dir(self) -> Path:
