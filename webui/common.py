@@ -21,10 +21,13 @@ T = TypeVar("T")
 
 INDEX_STATE = "index_name"  # survives page switches (widget keys do not)
 QUERY_STATE = "query"
+MAPS_PAGE = "pages/3_Maps.py"
+MAPS_HIGHLIGHT_STATE = "maps_highlight"  # a row id the Maps page marks in every model's map
 PAGES = (
     ("app.py", "Compare models", ":material/compare:"),
     ("pages/1_Index_overview.py", "Index overview", ":material/folder_open:"),
     ("pages/2_Evaluation.py", "Evaluation", ":material/insights:"),
+    (MAPS_PAGE, "Embedding maps", ":material/scatter_plot:"),
 )
 
 
