@@ -48,6 +48,17 @@ MILVUS_URI = Annotated[
 DATA_DIR = Annotated[
     str | None, typer.Option("--data-dir", metavar="DIR", help="Lite database, reports and caches go here.")
 ]
+#: the settings' preprocessing paths (``Settings.preprocess``), as click choices
+PreprocessPath = enum.StrEnum(  # type: ignore[misc]
+    "PreprocessPath", {v: v for v in get_args(Settings.model_fields["preprocess"].annotation)}
+)
+PREPROCESS = Annotated[
+    PreprocessPath | None,
+    typer.Option(
+        "--preprocess",
+        help="Preprocessing of new vectors: fast (default) or exact (timm). Per index.",
+    ),
+]
 #: the settings' forward precisions (``Settings.precision``; ``models.precision`` decides what auto means)
 PrecisionChoice = enum.StrEnum(  # type: ignore[misc]
     "PrecisionChoice", {v: v for v in get_args(Settings.model_fields["precision"].annotation)}
@@ -301,6 +312,7 @@ def apply_overrides(
     device: str | None = None,
     milvus_uri: str | None = None,
     data_dir: str | None = None,
+    preprocess: str | None = None,
     precision: str | None = None,
     compile: bool | None = None,
 ) -> Settings:
@@ -319,6 +331,8 @@ def apply_overrides(
         update["milvus_uri"] = milvus_uri
     if data_dir:
         update["data_dir"] = data_dir
+    if preprocess:
+        update["preprocess"] = str(preprocess)
     if precision:
         update["precision"] = str(precision)
     if compile is not None:

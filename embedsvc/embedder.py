@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,9 +131,12 @@ class Embedder:
     precision: str = "fp32"  # resolved (never "auto"): fp32, bf16 or fp16
     compiled: bool = False
     gate: ForwardGate = field(default=FORWARD_GATE, repr=False)
+    #: the preprocessing path of the vectors this embedder writes (settings ``preprocess``); queries follow the index's
+    preprocess_path: transforms.PreprocessPath = transforms.DEFAULT_PREPROCESS
 
     def __post_init__(self) -> None:
         self.transform = transforms.eval_transform(self.data_config)
+        self.fast_transform = transforms.fast_transform(self.data_config)
         self.dim = int(self.model.num_features)
         self.forward_fn: nn.Module = EmbedForward(self.model)
 
@@ -145,9 +148,35 @@ class Embedder:
     def untrained(self) -> bool:
         return not self.provenance.trained
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL image -> (3, H, W) float tensor with this model's own resize/crop/normalisation."""
-        return self.transform(image)
+    def preprocess(self, image: Image.Image, path: transforms.PreprocessPath | None = None) -> torch.Tensor:
+        """RGB PIL image -> (3, H, W) float tensor with this model's own resize/crop/normalisation.
+
+        ``path`` (default: this embedder's ``preprocess_path``): ``exact`` is timm's PIL transform; ``fast``
+        runs the same steps as tensor ops on the model's device (the image decoded as the fast path decodes,
+        see ``query_preprocessing``, gives the vector the indexer stored).
+        """
+        if (path or self.preprocess_path) == "exact":
+            return self.transform(image)
+        return self.fast_transform([transforms.to_uint8_tensor(image)], self.device)[0]
+
+    def preprocess_uint8(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The fast path: (3, H, W) uint8 tensors of one shared decode -> (N, 3, crop, crop) on the model's device."""
+        return self.fast_transform(images, self.device)
+
+    @property
+    def decode_short_side(self) -> int:
+        """The fast path's decode bound for this model alone (a run of several models uses their largest)."""
+        return transforms.decode_short_side([self.data_config])
+
+    def query_preprocessing(
+        self, manifest: Mapping[str, Any] | None
+    ) -> tuple[transforms.PreprocessPath, int | None]:
+        """(path, decode bound or None) a query against the index ``manifest`` describes uses: the index's own
+        recorded path (exact for manifests written before the fast path), so the service never mixes paths."""
+        record = (manifest or {}).get("preprocessing")
+        path = transforms.recorded_path(record)
+        bound = transforms.recorded_decode_short_side(record, self.data_config) if path == "fast" else None
+        return path, bound
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:
         """(N, 3, H, W) preprocessed batch -> (N, dim) float32 embeddings, when the gate gives the turn."""
@@ -203,8 +232,13 @@ class Embedder:
         ]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
-    def manifest(self) -> dict[str, Any]:
-        """What must match for vectors to be comparable, plus facts for humans. Stored with every index."""
+    def manifest(
+        self, path: transforms.PreprocessPath | None = None, decode_short_side: int | None = None
+    ) -> dict[str, Any]:
+        """What must match for vectors to be comparable, plus facts for humans. Stored with every index.
+
+        ``path`` defaults to this embedder's; ``decode_short_side`` is the fast decode bound of the run (default:
+        this model's own)."""
         return {
             "model_key": self.spec.key,
             "model_name": self.spec.model_name,
@@ -212,10 +246,18 @@ class Embedder:
             "dim": self.dim,
             "normalize": self.normalize,
             "weights": self.provenance.to_dict(),
-            "preprocessing": transforms.describe(self.data_config),
+            "preprocessing": transforms.describe(
+                self.data_config, path or self.preprocess_path, decode_short_side or self.decode_short_side
+            ),
             "precision": self.precision,  # recorded, never an incompatibility (manifest.py says why)
             "code_version": __version__,
         }
+
+    def query_manifest(self, manifest: Mapping[str, Any] | None) -> dict[str, Any]:
+        """This embedder's manifest as it queries the index ``manifest`` describes (its recorded preprocessing
+        path and decode bound): what the search core and the index listing compare with ``incompatibilities``."""
+        path, bound = self.query_preprocessing(manifest)
+        return self.manifest(path, bound)
 
 
 def build_model(spec: EmbedderSpec, input_size: int | None = None, weights_file: Path | None = None) -> nn.Module:
@@ -308,6 +350,7 @@ def load_embedder(
     model = model.to(torch_device, memory_format=torch.channels_last)
     normalize = settings.normalize if normalize is None else normalize
     embedder = Embedder(spec, model, provenance, data_config, torch_device, normalize, resolved_precision)
+    embedder.preprocess_path = settings.preprocess  # the path of the vectors it writes (queries follow their index)
     if settings.compile if compile is None else compile:
         compile_forward(embedder)
     log.info("loaded %s (%s) on %s, %s%s: %s", spec.key, spec.model_name, torch_device, resolved_precision,

@@ -7,6 +7,7 @@ half-decoded image that would become a silent garbage embedding.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +50,37 @@ class ImageDecodeError(EmbedsvcError, ValueError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    image: Image.Image  # RGB, EXIF orientation applied
-    width: int
+    image: Image.Image  # RGB, EXIF orientation applied; smaller than width x height after a reduced decode
+    width: int  # the file's full upright size (what rows and queries report), whatever size was decoded
     height: int
     source_format: str
+
+    @property
+    def reduced(self) -> bool:
+        """True when the decode kept fewer pixels than the file has (``decode_image(min_short_side=...)``)."""
+        return self.image.size != (self.width, self.height)
+
+
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse)
+_SWAPS_AXES = frozenset({5, 6, 7, 8})
+
+
+def _reduce_factor(size: tuple[int, int], min_short_side: int) -> int:
+    """The largest integer factor that keeps the short side >= ``min_short_side`` (1: keep the full size)."""
+    return max(1, min(size) // max(1, min_short_side))
+
+
+def _reduced_decode(img: Image.Image, min_short_side: int) -> None:
+    """Ask a JPEG to decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), short side >= ``min_short_side``.
+
+    Pillow's ``draft`` picks the largest scale that keeps both sides >= the requested size, so asking for
+    the image's own aspect ratio at ``min_short_side`` bounds the short side. Other formats decode in full.
+    """
+    if img.format != "JPEG" or _reduce_factor(img.size, min_short_side) < 2:
+        return
+    width, height = img.size
+    short = min(width, height)
+    img.draft("RGB", (math.ceil(width * min_short_side / short), math.ceil(height * min_short_side / short)))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -79,9 +107,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(
-    data: bytes | Path | str, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes | Path | str,
+    *,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_short_side: int | None = None,
 ) -> DecodedImage:
     """Decode bytes or a file into an upright RGB image.
+
+    ``min_short_side`` (the fast preprocessing path): where the file is at least twice that on its short
+    side, decode at reduced size, never below it: JPEGs through DCT scaling (``draft``, 1/2-1/8, no full
+    decode), other formats by an integer box reduction after decoding. The pixel limit applies to the
+    file's full size either way. ``None``: the full image (the exact path).
 
     Raises :class:`ImageDecodeError` with reason ``empty``, ``not_an_image``, ``too_many_pixels``,
     ``truncated`` or ``corrupt``.
@@ -112,6 +149,8 @@ def decode_image(
                 )
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
+            if min_short_side:
+                _reduced_decode(img, min_short_side)
             img.load()
     except ImageDecodeError:
         raise
@@ -126,11 +165,15 @@ def decode_image(
     except (ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(name, "corrupt", f"cannot decode image data ({exc})") from exc
     try:
+        orientation = int(img.getexif().get(0x0112) or 1)
         upright = ImageOps.exif_transpose(img)
     except Exception:  # a malformed EXIF block must not lose an otherwise good image
-        upright = img
+        orientation, upright = 1, img
     rgb = _to_rgb(upright)
-    return DecodedImage(image=rgb, width=rgb.width, height=rgb.height, source_format=fmt)
+    if min_short_side and _reduce_factor(rgb.size, min_short_side) >= 2:  # formats without DCT scaling
+        rgb = rgb.reduce(_reduce_factor(rgb.size, min_short_side))
+    full_w, full_h = (height, width) if orientation in _SWAPS_AXES else (width, height)
+    return DecodedImage(image=rgb, width=full_w, height=full_h, source_format=fmt)
 
 
 def sniff_is_image(path: Path) -> bool:

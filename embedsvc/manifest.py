@@ -129,22 +129,56 @@ def _same_path(a: str, b: str) -> bool:
     return PurePath(a) == PurePath(b)
 
 
+#: The preprocessing path of a stored record that names none: every index made before the fast path.
+UNRECORDED_PREPROCESS_PATH = "exact"
+#: Facts in a preprocessing record that describe how a run decoded, not whether vectors are comparable.
+_PREPROCESSING_FACTS = ("decode_short_side",)
+
+
+def _comparable_preprocessing(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A preprocessing record as compared: ``path`` defaulted (old records mean exact), decode facts left out."""
+    if record is None:
+        return None
+    out = {k: v for k, v in record.items() if k not in _PREPROCESSING_FACTS}
+    out.setdefault("path", UNRECORDED_PREPROCESS_PATH)
+    return out
+
+
+def _preprocessing_problem(stored: dict[str, Any] | None, new: dict[str, Any] | None) -> str | None:
+    """One ``preprocessing: ...`` message, naming the flag to use when only the path differs."""
+    a, b = _comparable_preprocessing(stored), _comparable_preprocessing(new)
+    if a is None or b is None or a == b:
+        return None
+    if {k: v for k, v in a.items() if k != "path"} == {k: v for k, v in b.items() if k != "path"}:
+        return (
+            f"preprocessing: the index was made with --preprocess {a['path']}, these vectors with --preprocess "
+            f"{b['path']}; rerun with --preprocess {a['path']} (EMBEDSVC_PREPROCESS={a['path']}) "
+            "or use a new index name"
+        )
+    return f"preprocessing: stored {stored!r}, new {new!r}"
+
+
 def incompatibilities(
     stored: Manifest | Mapping[str, Any] | None, candidate: Manifest | Mapping[str, Any] | None
 ) -> list[str]:
     """Why vectors or rows described by ``candidate`` cannot join (or query) the index ``stored`` describes.
 
     One message per differing field, each starting with the field's name (``"dim: ..."``); empty when
-    compatible. A field is compared only when both sides state it. Weights compare by identity
+    compatible. Preprocessing records without a ``path`` mean ``exact``; a different path alone names the
+    ``--preprocess`` flag to use; the fast path's ``decode_short_side`` is not compared. A field is compared
+    only when both sides state it. Weights compare by identity
     (``Weights.same_as``): the same sha256 is compatible whatever the source; random weights with
     another seed are not.
     """
     old, new = Manifest.of(stored), Manifest.of(candidate)
     out: list[str] = []
-    for field in ("model_name", "dim", "normalize", "preprocessing"):
+    for field in ("model_name", "dim", "normalize"):
         a, b = getattr(old, field), getattr(new, field)
         if a is not None and b is not None and a != b:
             out.append(f"{field}: stored {a!r}, new {b!r}")
+    preprocessing = _preprocessing_problem(old.preprocessing, new.preprocessing)
+    if preprocessing:
+        out.append(preprocessing)
     if old.weights is not None and new.weights is not None and not old.weights.same_as(new.weights):
         out.append(f"weights: stored {old.weights.describe()!r}, new {new.weights.describe()!r}")
     if old.index_kind and new.index_kind and old.index_kind != new.index_kind:

@@ -23,6 +23,7 @@ from embedsvc.cli_common import (
     MILVUS_URI,
     MODELS,
     PRECISION,
+    PREPROCESS,
     WEIGHTS,
     apply_overrides,
     check_port_free,
@@ -56,6 +57,7 @@ def serve_settings(
     allowed_roots: list[Path] | None = None,
     cors_origins: list[str] | None = None,
     input_size: int | None = None,
+    preprocess: str | None = None,
     precision: str | None = None,
     compile: bool | None = None,
 ) -> Settings:
@@ -67,6 +69,7 @@ def serve_settings(
         device=device,
         milvus_uri=milvus_uri,
         data_dir=data_dir,
+        preprocess=preprocess,
         precision=precision,
         compile=compile,
     )
@@ -130,6 +133,7 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--torch-threads", help="Intra-op threads for CPU forwards; 0: torch's default.")
         ] = 0,
         log_level: Annotated[LogLevel, typer.Option("--log-level", help="uvicorn log level.")] = LogLevel.info,
+        preprocess: PREPROCESS = None,  # of index jobs' vectors; a query follows its index's recorded path
         precision: PRECISION = None,
         compile_model: COMPILE = None,
     ) -> None:
@@ -150,6 +154,7 @@ def register(app: typer.Typer) -> None:
             allowed_roots=allowed_root,
             cors_origins=cors_origin,
             input_size=input_size,
+            preprocess=preprocess,
             precision=precision,
             compile=compile_model,
         )

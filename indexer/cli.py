@@ -26,6 +26,7 @@ from embedsvc.cli_common import (
     MILVUS_URI,
     MODELS,
     PRECISION,
+    PREPROCESS,
     WEIGHTS,
     apply_overrides,
     fail,
@@ -217,6 +218,7 @@ def folder_cmd(
     milvus_uri: MILVUS_URI = None,
     bulk_threshold: BULK_THRESHOLD = None,
     data_dir: DATA_DIR = None,
+    preprocess: PREPROCESS = None,
     precision: PRECISION = None,
     compile_model: COMPILE = None,
 ) -> None:
@@ -230,6 +232,7 @@ def folder_cmd(
         device=device,
         milvus_uri=milvus_uri,
         data_dir=data_dir,
+        preprocess=preprocess,
         precision=precision,
         compile=compile_model,
     )
@@ -284,6 +287,7 @@ def imagenet_val_cmd(
     milvus_uri: MILVUS_URI = None,
     bulk_threshold: BULK_THRESHOLD = None,
     data_dir: DATA_DIR = None,
+    preprocess: PREPROCESS = None,
     precision: PRECISION = None,
     compile_model: COMPILE = None,
 ) -> None:
@@ -297,6 +301,7 @@ def imagenet_val_cmd(
         device=device,
         milvus_uri=milvus_uri,
         data_dir=data_dir,
+        preprocess=preprocess,
         precision=precision,
         compile=compile_model,
     )

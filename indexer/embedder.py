@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from embedsvc.embedder import Embedder
+from embedsvc.indexer.reader import ReadBatch
+from embedsvc.models.transforms import decode_short_side
 
-__all__ = ["ComputeTimer", "embed_batch", "transforms_of"]
+__all__ = ["ComputeTimer", "decode_short_side_of", "embed_batch", "model_inputs", "transforms_of"]
 
 
 @dataclass
@@ -35,8 +37,35 @@ class ComputeTimer:
 
 
 def transforms_of(embedders: Mapping[str, Embedder]) -> dict[str, object]:
-    """Each model's preprocessing as a picklable callable (the timm transform, never the bound model)."""
-    return {key: getattr(emb, "transform", None) or emb.preprocess for key, emb in embedders.items()}
+    """Each model's preprocessing for the read stage, picklable (never the bound model); see ``reader``.
+
+    ``exact``: timm's PIL transform. ``fast``: the tensor transform, run in the worker for a model on the
+    CPU, or None for a model on an accelerator (it preprocesses the shared uint8 image on its device).
+    """
+    out: dict[str, object] = {}
+    for key, emb in embedders.items():
+        if getattr(emb, "preprocess_path", "exact") == "exact":
+            out[key] = getattr(emb, "transform", None) or emb.preprocess
+        else:
+            out[key] = emb.fast_transform if emb.device.type == "cpu" else None
+    return out
+
+
+def decode_short_side_of(embedders: Mapping[str, Embedder]) -> int | None:
+    """The run's fast decode bound (the largest model's, so one decode serves all); None on the exact path."""
+    if all(getattr(emb, "preprocess_path", "exact") == "exact" for emb in embedders.values()):
+        return None
+    return decode_short_side([emb.data_config for emb in embedders.values()])
+
+
+def model_inputs(embedders: Mapping[str, Embedder], batch: ReadBatch) -> dict[str, torch.Tensor]:
+    """Each model's preprocessed batch: the workers' tensors, plus device-side preprocessing of the shared
+    uint8 images for the models that take them (rows without a worker tensor)."""
+    out = dict(batch.tensors)
+    for key, positions in batch.rows.items():
+        if key not in out and positions:
+            out[key] = embedders[key].preprocess_uint8([batch.images[p] for p in positions])
+    return out
 
 
 def embed_batch(

@@ -17,6 +17,7 @@ from typing import Any
 from embedsvc.core.errors import EmbedsvcError
 from embedsvc.embedder import Embedder
 from embedsvc.indexer.datasets import DatasetSource, Item
+from embedsvc.indexer.embedder import decode_short_side_of
 from embedsvc.manifest import incompatibilities
 from embedsvc.paths import stored_rel_path
 from embedsvc.store import Store, row_id
@@ -66,8 +67,9 @@ def plan_run(
     label_names = _merge_labels(source, stored_labels)
     label_changes = stored_labels is not None and label_names != stored_labels
     date = datetime.now(UTC).isoformat(timespec="seconds")
+    decode_bound = decode_short_side_of(embedders)  # the run's one fast decode, recorded for queries to repeat
     for key, emb in embedders.items():
-        manifest = emb.manifest() | {
+        manifest = emb.manifest(decode_short_side=decode_bound) | {
             "index": index_name,
             "index_kind": source.kind,
             "dataset_root": str(source.root),

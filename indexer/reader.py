@@ -1,8 +1,15 @@
 """Read stage: bytes -> content hash -> one decode -> every model's own preprocessing, in DataLoader workers.
 
 Decoding is the CPU-heavy part of indexing, so each file is decoded exactly once per run and the one
-RGB image is handed to each selected model's timm transform. A file whose hash every model already
-has is not decoded at all; a model that already has it gets no tensor for it.
+image is shared by every selected model. A file whose hash every model already has is not decoded at
+all; a model that already has it gets no tensor for it. Per model, ``transforms`` says who preprocesses:
+
+- a PIL transform (the ``exact`` path): timm's transform on the full decode, in the worker;
+- a ``FastEvalTransform`` (the ``fast`` path, model on the CPU): the reduced decode as a uint8 tensor,
+  resized/cropped/normalised by tensor ops in the worker (the model's device is the CPU; the forward keeps
+  the main thread);
+- ``None`` (the ``fast`` path, model on an accelerator): the worker hands the uint8 CHW tensor on
+  (``ReadBatch.images``) and the model preprocesses it on its device (``Embedder.preprocess_uint8``).
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from embedsvc.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from embedsvc.indexer.listing import EntryRefused, read_regular_file
+from embedsvc.models.transforms import FastEvalTransform, decode_short_side, to_uint8_tensor
 from embedsvc.paths import stored_rel_path
 
 log = logging.getLogger(__name__)
 
 Transform = Callable[[Any], torch.Tensor]
+#: None: the model preprocesses the shared uint8 image itself, on its device (see the module docstring)
+ModelTransform = Transform | FastEvalTransform | None
 
 # None: torch's default start method (fork on Linux: workers start in ~0.1 s and need no importable
 # __main__). Set to "forkserver"/"spawn" where forking the host process is not safe.
@@ -59,9 +69,10 @@ class ImageReadDataset(Dataset):
         root: Path,
         rel_paths: Sequence[str],
         ids: Sequence[int],
-        transforms: Mapping[str, Transform],
+        transforms: Mapping[str, ModelTransform],
         known: Mapping[str, Mapping[int, str]] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        decode_short_side: int | None = None,
     ) -> None:
         self.root = Path(root).resolve()  # the entry policy compares real paths
         self.rel_paths = list(rel_paths)
@@ -69,6 +80,15 @@ class ImageReadDataset(Dataset):
         self.transforms = dict(transforms)
         self.known = {k: dict(v) for k, v in (known or {}).items()}
         self.max_pixels = max_pixels
+        fast = [t for t in self.transforms.values() if t is None or isinstance(t, FastEvalTransform)]
+        if fast and len(fast) != len(self.transforms):
+            raise ValueError("one run uses one preprocessing path: got both exact and fast transforms")
+        if fast and decode_short_side is None:
+            if any(t is None for t in fast):
+                raise ValueError("decode_short_side is required when a model preprocesses on its device")
+            decode_short_side = decode_short_side_of(fast)  # type: ignore[arg-type]
+        # the fast path's reduced decode (None: the exact path decodes in full)
+        self.decode_short_side = decode_short_side if fast else None
 
     def __len__(self) -> int:
         return len(self.rel_paths)
@@ -88,33 +108,61 @@ class ImageReadDataset(Dataset):
         if not needed:
             return result, {}
         try:
-            decoded = decode_image(data, name=stored_rel_path(rel), max_pixels=self.max_pixels)
+            decoded = decode_image(
+                data, name=stored_rel_path(rel), max_pixels=self.max_pixels, min_short_side=self.decode_short_side
+            )
         except ImageDecodeError as exc:
             result.error = (exc.reason, exc.detail)
             return result, {}
         result.width, result.height = decoded.width, decoded.height
-        tensors = {}
+        tensors: dict[str, torch.Tensor] = {}
+        shared: torch.Tensor | None = None  # the fast path's one uint8 image, for every model
         for key in needed:
+            transform = self.transforms[key]
             try:
-                tensors[key] = self.transforms[key](decoded.image)
+                if self.decode_short_side is None:
+                    tensors[key] = transform(decoded.image)  # type: ignore[misc]
+                    continue
+                if shared is None:
+                    shared = to_uint8_tensor(decoded.image)
+                if transform is None:
+                    tensors[UINT8] = shared
+                else:
+                    tensors[key] = transform([shared])[0]  # type: ignore[call-arg,arg-type,index]
             except Exception as exc:  # a transform crash on one odd image must not end the run
                 result.error = ("preprocess_failed", f"{key} preprocessing failed ({exc})")
                 return result, {}
         return result, tensors
 
 
+#: A sample's entry for the shared uint8 image that device-side models preprocess themselves.
+UINT8 = "*uint8"
+
+
+def decode_short_side_of(fast: Sequence[FastEvalTransform]) -> int:
+    """The fast decode bound of these models: ``DECODE_FACTOR`` x the largest resize side among them."""
+    return decode_short_side([t.data_config for t in fast])
+
+
 @dataclass
 class ReadBatch:
-    """A collated batch: every result in order, and per model the stacked tensors of the files it needs."""
+    """A collated batch: every result in order, and per model the stacked tensors of the files it needs.
+
+    Models that preprocess on their device (fast path on an accelerator) have no entry in ``tensors``:
+    their rows index ``images``, the shared uint8 CHW decode of each file (``model_inputs``).
+    """
 
     results: list[ReadResult]
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     # per model: positions *within this batch* (index into ``results``) of each tensor row
     rows: dict[str, list[int]] = field(default_factory=dict)
+    # position within this batch -> (3, H, W) uint8, for the models that preprocess on their device
+    images: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def pin_memory(self) -> ReadBatch:
         """Called by the DataLoader's pin-memory thread on CUDA: page-locked tensors copy asynchronously."""
         self.tensors = {k: t.pin_memory() for k, t in self.tensors.items()}
+        self.images = {i: t.pin_memory() for i, t in self.images.items()}
         return self
 
 
@@ -126,8 +174,15 @@ def collate(samples: list[tuple[ReadResult, dict[str, torch.Tensor]]]) -> ReadBa
         if result.error is not None:
             continue
         for key, tensor in tensors.items():
+            if key == UINT8:
+                batch.images[i] = tensor
+                continue
             per_model.setdefault(key, []).append(tensor)
             batch.rows.setdefault(key, []).append(i)
+        if UINT8 in tensors:  # every needed model without a worker tensor takes the shared image
+            for key in result.needed:
+                if key not in tensors:
+                    batch.rows.setdefault(key, []).append(i)
     batch.tensors = {k: torch.stack(v) for k, v in per_model.items()}
     return batch
 

@@ -21,7 +21,7 @@ from typing import Any
 from embedsvc.core.config import Settings
 from embedsvc.embedder import Embedder
 from embedsvc.indexer.datasets import DatasetSource
-from embedsvc.indexer.embedder import ComputeTimer, embed_batch, transforms_of
+from embedsvc.indexer.embedder import ComputeTimer, decode_short_side_of, embed_batch, model_inputs, transforms_of
 from embedsvc.indexer.plan import IndexerError, RunPlan, plan_run, refused_ids
 from embedsvc.indexer.reader import ImageReadDataset, ReadBatch, make_loader
 from embedsvc.indexer.report import (
@@ -87,7 +87,7 @@ class BatchMapper:
                 for key in self.counts:
                     if key not in result.needed:
                         self.counts[key].unchanged += 1
-        vectors = embed_batch(self.embedders, batch.tensors, self.timer)
+        vectors = embed_batch(self.embedders, model_inputs(self.embedders, batch), self.timer)
         rows_by_model: dict[str, list[dict[str, Any]]] = {}
         embedded: set[int] = set()
         for key, positions in batch.rows.items():
@@ -159,7 +159,7 @@ def run_index(
 
     dataset = ImageReadDataset(
         source.root, [it.rel_path for it in plan.items], plan.ids, transforms_of(embedders), plan.reusable,
-        max_pixels=settings.max_image_pixels,
+        max_pixels=settings.max_image_pixels, decode_short_side=decode_short_side_of(embedders),
     )
     pin = any(getattr(e, "device", None) is not None and e.device.type == "cuda" for e in embedders.values())
     loader = make_loader(dataset, batch_size=batch_size, workers=max(0, workers), pin_memory=pin)

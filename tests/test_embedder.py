@@ -38,8 +38,10 @@ def test_default_three_and_lookup_by_timm_name() -> None:
 
 @pytest.mark.parametrize("key", ["convnext_tiny", "deit3_small"])
 def test_embedding_equals_timm_reference_path(tmp_path: Path, key: str) -> None:
-    """Same weights: our preprocessing + pre-logits pooling equals timm's own eval path (cosine >= 0.9999)."""
-    settings = make_settings(tmp_path, input_size=None)
+    """Same weights: our exact preprocessing + pre-logits pooling equals timm's own eval path (cosine >= 0.9999).
+
+    (The fast path's fidelity to this one: tests/models/test_fast_preprocess.py.)"""
+    settings = make_settings(tmp_path, input_size=None, preprocess="exact")
     ours = load_embedder(key, settings=settings, normalize=False)
     reference = timm.create_model(get_spec(key).model_name, pretrained=False).eval()
     reference.load_state_dict(ours.model.state_dict())

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     compile: bool = Field(
         default=False, description="torch.compile each model's forward (compiled once at load; off unless measured)."
     )
+    preprocess: Literal["fast", "exact"] = Field(
+        default="fast",
+        description="Preprocessing path of new indexes: fast (reduced-size JPEG decode, each model's resize/crop/"
+        "normalise as tensor ops on its device) or exact (timm's PIL transform). Recorded per index; queries "
+        "always use the path their index recorded.",
+    )
 
     # --- diagnostics ---------------------------------------------------------------------------
     debug: bool = Field(
@@ -135,6 +141,12 @@ class Settings(BaseSettings):
                 f"(http://host:19530), got {value!r}"
             )
         return value
+
+    @field_validator("preprocess", mode="before")
+    @classmethod
+    def _lower_preprocess(cls, value: object) -> object:
+        """``FAST`` and `` fast `` mean fast (the allowed values are checked by the type)."""
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("precision", mode="before")
     @classmethod

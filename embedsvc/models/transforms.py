@@ -1,17 +1,36 @@
 """The one place preprocessing is derived: from the model's own timm data config.
 
-The indexer and the service both call :func:`eval_transform`, so query and index vectors cannot drift apart.
+Two paths, recorded in every index's manifest (``describe``), so query and index vectors cannot drift apart:
+
+- ``exact``: timm's reference eval transform on the PIL image (:func:`eval_transform`), per model.
+- ``fast`` (default): the image is decoded once at reduced size (``images.decode_image(min_short_side=...)``,
+  JPEG DCT scaling, short side kept >= ``DECODE_FACTOR`` x the largest model's resize side), handed on as one
+  uint8 CHW tensor (:func:`to_uint8_tensor`), and each model resizes (antialiased, its own timm
+  interpolation), centre-crops and normalises it as tensor ops on its own device (:class:`FastEvalTransform`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
+import numpy as np
+import torch
 from PIL import Image
 from torch import Tensor, nn
 from torchvision import transforms as T
 from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
+
+from embedsvc.manifest import UNRECORDED_PREPROCESS_PATH
+
+PreprocessPath = Literal["fast", "exact"]
+PREPROCESS_PATHS: tuple[PreprocessPath, ...] = ("fast", "exact")
+DEFAULT_PREPROCESS: PreprocessPath = "fast"
+#: What a manifest without a ``path`` in its preprocessing record was made with (everything before ``fast``).
+STORED_DEFAULT_PATH: PreprocessPath = UNRECORDED_PREPROCESS_PATH  # type: ignore[assignment]
+#: The fast path decodes with the short side at least this many times the largest model's resize side.
+DECODE_FACTOR = 2
 
 # Above this many crops' worth of resized long side, only the kept window is resampled (see BoundedEvalTransform).
 ELONGATED_FACTOR = 4
@@ -151,13 +170,149 @@ def eval_transform(data_config: dict[str, Any]) -> BoundedEvalTransform:
     return BoundedEvalTransform(data_config)
 
 
-def describe(data_config: dict[str, Any]) -> dict[str, Any]:
-    """JSON-safe preprocessing record stored in manifests."""
-    return {
+def resize_side(data_config: dict[str, Any]) -> int:
+    """The side a model resizes to before its crop (timm: ``floor(input_size / crop_pct)``)."""
+    size = max(int(x) for x in data_config["input_size"][-2:])
+    return int(math.floor(size / float(data_config.get("crop_pct") or 1.0)))
+
+
+def decode_short_side(data_configs: Sequence[dict[str, Any]]) -> int:
+    """The fast path's decode bound for these models: ``DECODE_FACTOR`` x the largest resize side."""
+    return DECODE_FACTOR * max(resize_side(c) for c in data_configs)
+
+
+def to_uint8_tensor(image: Image.Image) -> Tensor:
+    """RGB PIL image -> contiguous (3, H, W) uint8 tensor: what the fast path's decode hands to the models."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+class FastEvalTransform:
+    """The fast path's per-model preprocessing: uint8 CHW tensors -> normalised float batch, as tensor ops.
+
+    The same steps as timm's eval transform (short-side resize, centre crop, ``/255``, mean/std), run by
+    ``torchvision.transforms.v2.functional`` on the model's device: antialiased resize with the model's
+    interpolation (bilinear/bicubic; within 1-2 levels of Pillow's on uint8), rounded back to uint8 as
+    Pillow does. Images of one size are resized as one batch. An image whose resized long side exceeds
+    ``ELONGATED_FACTOR`` crops is cut to the window the crop keeps (plus the filter's support) before
+    resizing, so memory stays bounded for any aspect ratio (a 20000x1 image resizes ~1 window, not a
+    5,120,000x256 image); the window's grid is the full resize's to within half an output pixel.
+    Configs other than resize + centre crop (``squash``, ``border``) run timm's transform on a PIL copy.
+    """
+
+    def __init__(self, data_config: dict[str, Any]) -> None:
+        self.data_config = dict(data_config)
+        self.reference = BoundedEvalTransform(data_config)
+        self.mean = [float(x) for x in data_config["mean"]]
+        self.std = [float(x) for x in data_config["std"]]
+        resize = self.reference.resize
+        self.short: int | None = _short_side_size(resize.size) if resize is not None else None
+        self.interpolation = (
+            InterpolationMode(resize.interpolation.value)
+            if resize is not None and isinstance(resize.interpolation, InterpolationMode)
+            else InterpolationMode.BICUBIC
+        )
+        self.crop_size: tuple[int, int] = tuple(self.reference.crop.size) if resize is not None else (0, 0)
+        self.support = 2.0 if self.interpolation == InterpolationMode.BICUBIC else 1.0
+
+    def __call__(self, images: Sequence[Tensor], device: torch.device | str | None = None) -> Tensor:
+        """(3, H, W) uint8 tensors (any sizes) -> (N, 3, crop, crop) float32 on ``device``, in order."""
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if not images:
+            height, width = self.crop_size
+            return torch.zeros((0, 3, height, width), dtype=torch.float32, device=device)
+        out: list[Tensor | None] = [None] * len(images)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            by_shape.setdefault(tuple(image.shape), []).append(i)
+        for positions in by_shape.values():
+            batch = torch.stack([images[i] for i in positions]).to(device, non_blocking=True)
+            normalised = self.batch(batch)
+            for row, i in enumerate(positions):
+                out[i] = normalised[row]
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def batch(self, batch: Tensor) -> Tensor:
+        """(N, 3, H, W) uint8 of one size -> (N, 3, crop, crop) float32, on the batch's device."""
+        from torchvision.transforms.v2 import functional as F2
+
+        if self.short is None:  # not resize + centre crop: timm's own transform, image by image
+            pil = [Image.fromarray(b.permute(1, 2, 0).cpu().numpy(), "RGB") for b in batch]
+            return torch.stack([self.reference.exact(p) for p in pil]).to(batch.device)
+        cropped = self._resize_crop(batch, F2)
+        return F2.normalize(cropped.float().div_(255.0), self.mean, self.std)
+
+    def _resize_crop(self, batch: Tensor, F2: Any) -> Tensor:
+        short = self.short
+        assert short is not None
+        crop_h, crop_w = self.crop_size
+        height, width = int(batch.shape[-2]), int(batch.shape[-1])
+        if width <= height:  # torchvision's short-side rule, as timm's Resize applies it
+            new_w, new_h = short, int(short * height / width)
+        else:
+            new_w, new_h = int(short * width / height), short
+        elongated = new_w > ELONGATED_FACTOR * crop_w or new_h > ELONGATED_FACTOR * crop_h
+        if not elongated:
+            if (new_h, new_w) != (height, width):
+                batch = F2.resize(batch, [new_h, new_w], interpolation=self.interpolation, antialias=True)
+            return F2.center_crop(batch, [crop_h, crop_w])
+        horizontal = new_w > new_h
+        long_in, long_out, keep = (width, new_w, crop_w) if horizontal else (height, new_h, crop_h)
+        offset = int(round((long_out - keep) / 2.0))  # torchvision's centre-crop offset
+        scale = long_in / long_out
+        lo, hi = offset * scale, (offset + keep) * scale
+        margin = math.ceil(self.support * max(scale, 1.0)) + 2
+        start, stop = max(0, math.floor(lo) - margin), min(long_in, math.ceil(hi) + margin)
+        part_out = max(keep, int(round((stop - start) / scale)))
+        step = (stop - start) / part_out
+        first = min(max(0, int(round((lo - start) / step))), part_out - keep)
+        if horizontal:
+            part = F2.resize(batch[..., start:stop], [new_h, part_out], interpolation=self.interpolation,
+                             antialias=True)
+            window = part[..., first : first + keep]
+        else:
+            part = F2.resize(batch[..., start:stop, :], [part_out, new_w], interpolation=self.interpolation,
+                             antialias=True)
+            window = part[..., first : first + keep, :]
+        return F2.center_crop(window, [crop_h, crop_w])
+
+
+def fast_transform(data_config: dict[str, Any]) -> FastEvalTransform:
+    """uint8 CHW tensors -> normalised batch on a device: the fast path's half of :func:`eval_transform`."""
+    return FastEvalTransform(data_config)
+
+
+def describe(
+    data_config: dict[str, Any], path: PreprocessPath = STORED_DEFAULT_PATH, decode_short_side: int | None = None
+) -> dict[str, Any]:
+    """JSON-safe preprocessing record stored in manifests.
+
+    ``path`` says which path made the vectors (compared: a mismatch is an incompatibility); the fast
+    path also records ``decode_short_side``, the bound its decode used, so queries decode the same way
+    (not compared: another model set may bound one run's decode differently, the vectors stay comparable).
+    """
+    record: dict[str, Any] = {
         "input_size": list(data_config["input_size"]),
         "interpolation": data_config["interpolation"],
         "crop_pct": float(data_config["crop_pct"]),
         "crop_mode": data_config.get("crop_mode", "center"),
         "mean": [float(x) for x in data_config["mean"]],
         "std": [float(x) for x in data_config["std"]],
+        "path": path,
     }
+    if path == "fast":
+        record["decode_short_side"] = int(decode_short_side or DECODE_FACTOR * resize_side(data_config))
+    return record
+
+
+def recorded_path(record: dict[str, Any] | None) -> PreprocessPath:
+    """The path a stored preprocessing record names; records written before the fast path mean ``exact``."""
+    path = (record or {}).get("path") or STORED_DEFAULT_PATH
+    return "fast" if path == "fast" else "exact"
+
+
+def recorded_decode_short_side(record: dict[str, Any] | None, data_config: dict[str, Any]) -> int:
+    """The fast path's decode bound an index recorded (its model's own bound when the record has none)."""
+    value = (record or {}).get("decode_short_side")
+    return int(value) if value else DECODE_FACTOR * resize_side(data_config)

@@ -1,8 +1,9 @@
 """The engine: one query image through every model of an index, without HTTP.
 
-Decode once, then per model: its own preprocessing, a forward pass, and a store search; timings per
-stage, and the overlap (Jaccard@k) of the models' neighbour sets. "More like this" queries reuse the
-stored vector of an indexed image for each model instead of re-embedding it.
+Decode once, then per model: its own preprocessing (on the path its index recorded, see
+``Embedder.query_preprocessing``), a forward pass, and a store search; timings per stage, and the overlap
+(Jaccard@k) of the models' neighbour sets. "More like this" queries reuse the stored vector of an
+indexed image for each model instead of re-embedding it.
 
 The models' store searches run concurrently, each started as soon as its vector exists, so one
 model's search overlaps the next model's forward pass: with fast forwards (a GPU) the store, not the
@@ -243,7 +244,8 @@ class SearchEngine:
             return name
 
     def check_compatible(self, index: str, model_key: str, manifest: Mapping[str, Any]) -> None:
-        diffs = incompatibilities(manifest, self.embedders[model_key].manifest())
+        # the embedder as it queries this index: on the preprocessing path (and decode) the index recorded
+        diffs = incompatibilities(manifest, self.embedders[model_key].query_manifest(manifest))
         if diffs:
             raise IncompatibleModelError(
                 f"model {model_key!r} as loaded cannot query index {index!r}: " + "; ".join(diffs)
@@ -399,11 +401,17 @@ class SearchEngine:
         for key in chosen:
             self.check_compatible(index, key, manifests[key])
 
+        # Each model preprocesses the way its index recorded (one decode per distinct fast bound; usually one).
+        paths = {key: self.embedders[key].query_preprocessing(manifests[key]) for key in chosen}
         t_dec = time.perf_counter()
-        decoded = decode_image(data, name=name, max_pixels=self.settings.max_image_pixels)
+        decodes = {
+            bound: decode_image(data, name=name, max_pixels=self.settings.max_image_pixels, min_short_side=bound)
+            for bound in dict.fromkeys(bound for _, bound in paths.values())
+        }
         decode_ms = (time.perf_counter() - t_dec) * 1000.0
         if self.observer is not None:
             self.observer("*", "decode", decode_ms / 1000.0)
+        decoded = next(iter(decodes.values()))
         query = QueryInfo(
             kind=kind, width=decoded.width, height=decoded.height, format=decoded.source_format, bytes=len(data)
         )
@@ -416,8 +424,9 @@ class SearchEngine:
         for key in chosen:
             embedder = self.embedders[key]
             timings: dict[str, float] = {"decode_ms": decode_ms}
+            path, bound = paths[key]
             with self._timed(timings, key, "preprocess"):
-                batch = embedder.preprocess(decoded.image).unsqueeze(0)
+                batch = embedder.preprocess(decodes[bound].image, path).unsqueeze(0)
             vector = self.forward(embedder, batch, timings)
             search = self._in_background(lambda k=key, v=vector, t=timings: store_search(k, v, t))
             pending.append((key, timings, search))

@@ -53,7 +53,9 @@ def index_info(
                 model_key=key,
                 row_count=_row_count(manifest),
                 loaded=embedder is not None,
-                compatible=None if embedder is None else not incompatibilities(manifest, embedder.manifest()),
+                compatible=(
+                    None if embedder is None else not incompatibilities(manifest, embedder.query_manifest(manifest))
+                ),
                 manifest=dict(manifest) | {"dataset_root": public_path(manifest.get("dataset_root"), settings)},
             )
         )
