@@ -28,6 +28,7 @@ from embedsvc.store.rows import MAX_BATCH_ROWS, rows_per_request  # the store ow
 
 if TYPE_CHECKING:
     from embedsvc.core.config import Settings
+    from embedsvc.indexer.plan import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ def bulk_models(store: Store, expected_rows: Mapping[str, int], settings: Settin
         staging_dir=settings.resolved_bulk_dir, server_dir=settings.bulk_server_dir, timeout_s=settings.bulk_timeout_s
     )
     return {key: config for key in reached}
+
+
+def rows_to_write(plan: RunPlan) -> dict[str, int]:
+    """Rows each model of a planned run will write: its files that have no reusable stored row (a file whose
+    content changed since is found only when read, so this is the lower bound the threshold is compared with)."""
+    return {key: sum(1 for i in plan.ids if i not in plan.reusable.get(key, {})) for key in plan.keys}
 
 
 class WriterError(EmbedsvcError):
@@ -103,6 +110,11 @@ class StoreWriter:
         self._abort = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"store-writer-{index}", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def for_plan(cls, store: Store, plan: RunPlan, settings: Settings, **kwargs: Any) -> StoreWriter:
+        """The writer of a planned run (either engine): bulk import for the models ``bulk_models`` picks."""
+        return cls(store, plan.index_name, bulk=bulk_models(store, rows_to_write(plan), settings), **kwargs)
 
     # ------------------------------------------------------------------------------------ producer side
     def put(self, model_key: str, rows: list[dict[str, Any]]) -> None:

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from embedsvc.cli import app
 from embedsvc.core.config import Settings, get_settings
 from embedsvc.export import export_index
-from embedsvc.indexer.writer import DEFAULT_BULK_THRESHOLD, StoreWriter, bulk_models
+from embedsvc.indexer.plan import RunPlan
+from embedsvc.indexer.writer import DEFAULT_BULK_THRESHOLD, StoreWriter, bulk_models, rows_to_write
 from embedsvc.store import Store
 from embedsvc.store.bulk import BulkConfig, BulkImporter, BulkImportError, BulkImportUnsupportedError
 from tests.store.conftest import make_rows, manifest
@@ -47,11 +48,15 @@ def test_switch_imports_past_threshold_verifies_and_rerun_does_not_duplicate(
     for key in ("big", "small"):
         server_store.ensure_collection(index, key, manifest())
     settings = Settings(bulk_threshold=5, bulk_dir=tmp_path / "staging")
-    bulk = bulk_models(server_store, {"big": 30, "small": 3}, settings)
-    assert set(bulk) == {"big"}  # 3 rows stay upserts
     big, small = make_rows(index, 30), make_rows(index, 3, seed=5)
+    # The planned run: 30 files, of which 27 have a reusable row for "small" (3 to write: stays upserts).
+    ids = [r["id"] for r in big]
+    plan = RunPlan(index_name=index, source=None, keys=["big", "small"], items=list(ids), ids=ids, known={},  # type: ignore[arg-type]
+                   reusable={"big": {}, "small": {i: "h" for i in ids[3:]} | {12345: "a row not in this run"}})
+    assert rows_to_write(plan) == {"big": 30, "small": 3}
 
-    writer = StoreWriter(server_store, index, max_latency_s=60, bulk=bulk)
+    writer = StoreWriter.for_plan(server_store, plan, settings, max_latency_s=60)
+    assert set(writer.bulk) == {"big"}
     for start in range(0, 30, 8):
         writer.put("big", big[start : start + 8])
     writer.put("small", small)
