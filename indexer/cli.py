@@ -62,7 +62,7 @@ BULK_THRESHOLD = Annotated[
     int | None,
     typer.Option(
         "--bulk-threshold", min=0, metavar="ROWS",
-        help="Bulk-import a model's rows into a Milvus server when a run writes ROWS or more (default 1000000).",
+        help="Bulk import into a Milvus server for models writing ROWS+ rows (default 1000000).",
     ),
 ]
 
