@@ -25,6 +25,7 @@ from streamlit.testing.v1.element_tree import Block
 from embedsvc.client import EmbedsvcClient
 from embedsvc.store import row_id
 from embedsvc.webui import compare
+from embedsvc.webui.common import INDEX_STATE, MAPS_HIGHLIGHT_STATE
 from tests.webui.conftest import INDEX, MODELS, RunningApi, dead_url, serve
 
 APP = Path(__file__).resolve().parents[2] / "webui" / "app.py"
@@ -332,15 +333,26 @@ def test_evaluation_page_and_disagreement_opens_side_by_side(at: AppTest, api: E
     assert_clean(at)
     assert '"facet"' in at.get("vega_lite_chart")[0].proto.spec
     opens = [b for b in at.button if b.key and b.key.startswith("open-")]
+    maps = [b for b in at.button if b.key and b.key.startswith("map-")]
     examples = report.cross_model.agreement.examples
     expected = sum(min(len(v), 6) for v in examples.only_right.values()) + min(len(examples.none_right), 6)
-    assert len(opens) == expected > 0
+    assert len(opens) == len(maps) == expected > 0
+    assert [b.key.removeprefix("map-") for b in maps] == [b.key.removeprefix("open-") for b in opens]
     target = int(opens[0].key.rsplit("-", 1)[1])
     opens[0].click().run()
     assert_clean(at)
     assert at.session_state["query"] == {"kind": "id", "id": target}
     assert "Which model finds what?" in [t.value for t in at.title]  # back on the comparison page
     assert all(target not in neighbour_ids(model_block(at, key)) for key in MODELS)
+    # The same example on the maps: highlighted there, index and id in the URL.
+    at.switch_page("pages/2_Evaluation.py").run()
+    maps = [b for b in at.button if b.key and b.key.startswith("map-")]
+    target = int(maps[-1].key.rsplit("-", 1)[1])
+    maps[-1].click().run()
+    assert not at.exception, at.exception
+    assert at.session_state[MAPS_HIGHLIGHT_STATE] == target and at.session_state[INDEX_STATE] == INDEX
+    assert at.query_params["id"] == str(target) and at.query_params["index"] == INDEX
+    assert "Evaluation" not in [t.value for t in at.title]  # on the maps page now
 
 
 def test_every_page_says_when_the_api_is_down_and_imports_no_model_code(tmp_path: Path) -> None:

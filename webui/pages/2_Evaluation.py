@@ -5,7 +5,7 @@ API per index version). Each metric is drawn with its 95% bootstrap interval, an
 tests as a matrix of significant wins (worded by the report: "better" only where the Holm-adjusted p is
 below 0.05); the fused entry (RRF of the models) is drawn apart from the backbones. Disagreement
 examples, queries where only one model is right at rank 1 or none is, open in the side-by-side
-comparison page as "more like this" queries.
+comparison page as "more like this" queries, or on the embedding maps, highlighted.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from embedsvc.client import FUSED_KEY, ApiError, ApiUnavailableError, EvalRespon
 from embedsvc.webui import eval_view
 from embedsvc.webui.common import (
     INDEX_STATE,
+    MAPS_HIGHLIGHT_STATE,
+    MAPS_PAGE,
     QUERY_STATE,
     api_call,
     api_url,
@@ -87,6 +89,13 @@ def open_side_by_side(index: str, row_id: int) -> None:
     st.switch_page("app.py", query_params={"index": index, "id": str(row_id)})
 
 
+def open_on_maps(index: str, row_id: int) -> None:
+    """Highlight this id in every model's map and go there (the URL carries index and id too)."""
+    st.session_state[INDEX_STATE] = index
+    st.session_state[MAPS_HIGHLIGHT_STATE] = int(row_id)
+    st.switch_page(MAPS_PAGE, query_params={"index": index, "id": str(row_id)})
+
+
 def example_row(index: str, title: str, count: int, ids: list[int], key: str) -> None:
     shown = min(len(ids), EXAMPLES_SHOWN)
     noun = "query" if count == 1 else "queries"
@@ -103,6 +112,8 @@ def example_row(index: str, title: str, count: int, ids: list[int], key: str) ->
                 st.caption(f"#{row_id}")
             if st.button("Side by side", key=f"open-{key}-{row_id}", icon=":material/compare:", width="stretch"):
                 open_side_by_side(index, row_id)
+            if st.button("On the maps", key=f"map-{key}-{row_id}", icon=":material/scatter_plot:", width="stretch"):
+                open_on_maps(index, row_id)
 
 
 def show_intervals(report: EvalResponse) -> None:
