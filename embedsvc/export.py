@@ -111,7 +111,7 @@ def _record_batch(rows: list[dict[str, Any]], dim: int, labels: Sequence[str], s
         name, lid = str(row.get("label_name") or ""), int(row["label_id"])
         return name or (labels[lid] if 0 <= lid < len(labels) else "")
 
-    flat = np.asarray([r["vector"] for r in rows], dtype=np.float32).reshape(-1)
+    flat = np.stack([np.asarray(r["vector"], dtype=np.float32) for r in rows]).reshape(-1)
     offsets = np.arange(0, (len(rows) + 1) * dim, dim, dtype=np.int64)
     vectors = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)).cast(pa.list_(pa.float32()))
     columns = [
@@ -250,6 +250,7 @@ def _export_model(
             if progress is not None:
                 progress(key, 0, total)
             for row in _rows(store, name, page):
+                row["vector"] = np.asarray(row["vector"], dtype=np.float32)  # 4 bytes a float, not a Python float's 32
                 buffer.append(row)
                 if len(buffer) >= group:
                     flush()
