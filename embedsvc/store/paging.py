@@ -13,7 +13,7 @@ import numpy as np
 
 from embedsvc.store.catalog import MAX_TOPK
 from embedsvc.store.data import RowData
-from embedsvc.store.rows import OUTPUT_FIELDS
+from embedsvc.store.rows import OUTPUT_FIELDS, rows_per_request
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 _QUERY_WINDOW = MAX_TOPK
 #: Ids per call when a draw reads every id of a collection instead of seeking once per drawn row.
 _ID_PAGE = 10_000
+#: At most this many rows per read of vectors (fewer for wide vectors: ``rows_per_request`` caps the bytes).
+_VECTOR_READ_ROWS = 1000
 
 
 @dataclass
@@ -155,7 +157,7 @@ class Paging(RowData):
         counts = {key: self._count(names[key], "") for key in keys}
         smallest = min(keys, key=lambda k: counts[k])
         ids, total = self._draw_ids(names[smallest], "", count, seed)
-        fetched = {key: {int(r["id"]): r for r in self.get_rows(index, key, ids, with_vectors=True)} for key in keys}
+        fetched = {key: self._rows_with_vectors(index, key, ids) for key in keys}
         kept = [i for i in ids if all(i in fetched[key] for key in keys)]
         if len(kept) < len(ids):
             log.warning(
@@ -168,3 +170,18 @@ class Paging(RowData):
             stacked = [fetched[key][i]["vector"] for i in kept]
             vectors[key] = np.stack(stacked) if stacked else np.zeros((0, dim), dtype=np.float32)
         return AlignedSample(rows=rows, vectors=vectors, total=total)
+
+    def _rows_with_vectors(self, index: str, model_key: str, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """id -> row with its vector, read in requests of the one request-size policy (``rows_per_request``).
+
+        Milvus Lite 2.5.1 answers one 1,000-row read of 2,048-d vectors (8 MB) in ~40 s and the same
+        rows in 250-row reads in under a second (as with writes over ~4 MB), so reads of vectors are
+        sized like upserts.
+        """
+        dim = int(self._manifest(index, model_key)[1]["dim"])
+        step = rows_per_request(dim, max_rows=_VECTOR_READ_ROWS)
+        out: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(ids), step):
+            for row in self.get_rows(index, model_key, ids[start : start + step], with_vectors=True):
+                out[int(row["id"])] = row
+        return out
