@@ -1,9 +1,12 @@
-"""End-to-end /search latency for three models vs the floor measured in the same run.
+"""End-to-end /search latency for three models: today's path vs the new defaults, and vs the floor, in one run.
 
-Floor = sum over the models of (batch-1 forward time + NumPy exact search over that model's vectors).
-The service adds decode, preprocessing, Milvus instead of NumPy, HTTP and JSON on top; the goal is
-p50 <= 1.3x the floor. Then ``--clients`` concurrent clients for ``--duration`` seconds: error count,
-p50/p99 and throughput.
+Two services run side by side on the same store: **today's path** (``precision=fp32``, ``preprocess=exact``,
+the models' store searches one after another, as before the data-path issue) and **the new defaults**
+(``precision=auto``: bf16 autocast where the CPU has AMX/AVX512-BF16, the fast preprocessing path, store
+searches concurrent). Their /search calls alternate, so both see the same machine load; the goal is new
+p50 <= 0.6x today's. Floor = sum over the models of (batch-1 forward time with the new defaults + NumPy
+exact search over that model's vectors); goal p50 <= 1.3x the floor. Then ``--clients`` concurrent clients
+for ``--duration`` seconds against the new service: error count, p50/p99 and throughput.
 
 Setup: the three default models with seeded random weights (timings do not depend on the weights),
 ``--n`` random unit vectors per model inserted straight through ``embedsvc.store.Store`` with each
@@ -18,6 +21,7 @@ Floor measurements and sequential queries alternate, so both see the same load o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +50,9 @@ from embedsvc.main import create_app  # noqa: E402
 from embedsvc.store import Store, row_id  # noqa: E402
 
 log = logging.getLogger("bench.query_latency")
-INDEX = "bench"
+INDEX = "bench"  # the new defaults' index; today's is INDEX + "_today" (same vectors, its own manifest)
+#: What "today's path" was: settings of the service before the data-path issue.
+TODAY = {"precision": "fp32", "preprocess": "exact"}
 QUERY_PHOTO = REPO / "embedsvc" / "sample_photos" / "bird" / "erase_heron.jpg"
 
 
@@ -60,22 +67,24 @@ def numpy_search(base: np.ndarray, sq_norms: np.ndarray, query: np.ndarray, k: i
     return part[np.argsort(d2[part])]
 
 
-def fill_store(store: Store, embedders: dict[str, Embedder], n: int, root: Path, seed: int) -> dict[str, np.ndarray]:
+def fill_store(
+    store: Store, embedders: dict[str, Embedder], n: int, root: Path, seed: int, index: str = INDEX
+) -> dict[str, np.ndarray]:
     """``n`` random unit vectors per model, with consistent manifests and the indexer's row ids."""
     rng = np.random.default_rng(seed)
     rel_paths = [f"img_{i:06d}.jpg" for i in range(n)]
-    ids = [row_id(INDEX, p) for p in rel_paths]
+    ids = [row_id(index, p) for p in rel_paths]
     labels = rng.integers(0, 100, n)
     base: dict[str, np.ndarray] = {}
     for key, emb in embedders.items():
         manifest = emb.manifest() | {
-            "index": INDEX,
+            "index": index,
             "index_kind": "folder",
             "dataset_root": str(root),
             "label_names": [f"class_{i}" for i in range(100)],
         }
-        store.ensure_collection(INDEX, key, manifest)
-        have = store.count(INDEX, key)
+        store.ensure_collection(index, key, manifest)
+        have = store.count(index, key)
         vectors = rng.standard_normal((n, emb.dim), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         base[key] = vectors
@@ -85,7 +94,7 @@ def fill_store(store: Store, embedders: dict[str, Embedder], n: int, root: Path,
         step = 2000
         for start in range(0, n, step):
             store.upsert(
-                INDEX,
+                index,
                 key,
                 [
                     {
@@ -101,7 +110,7 @@ def fill_store(store: Store, embedders: dict[str, Embedder], n: int, root: Path,
                     for i in range(start, min(n, start + step))
                 ],
             )
-        store.flush(INDEX, key)
+        store.flush(index, key)
         log.info("%s: %d x %d vectors in %.1f s", key, n, emb.dim, time.perf_counter() - t0)
     return base
 
@@ -131,17 +140,23 @@ class InThreadServer:
         self.thread.join(30)
 
 
-def search_once(http: httpx.Client, data: bytes, k: int) -> tuple[float, dict[str, Any]]:
+def search_once(http: httpx.Client, data: bytes, k: int, index: str = INDEX) -> tuple[float, dict[str, Any]]:
     t0 = time.perf_counter()
-    resp = http.post("/search", params={"index": INDEX, "k": k}, files={"image": ("q.jpg", data, "image/jpeg")})
+    resp = http.post("/search", params={"index": index, "k": k}, files={"image": ("q.jpg", data, "image/jpeg")})
     elapsed = time.perf_counter() - t0
     if resp.status_code != 200:
         raise RuntimeError(f"/search -> {resp.status_code}: {resp.text[:300]}")
     return elapsed, resp.json()
 
 
-def measure(http: httpx.Client, embedders: dict[str, Embedder], base: dict[str, np.ndarray], args: argparse.Namespace):
-    """Alternate floor components and sequential /search calls; medians of each."""
+def measure(
+    http: httpx.Client,
+    embedders: dict[str, Embedder],
+    base: dict[str, np.ndarray],
+    args: argparse.Namespace,
+    today: httpx.Client | None = None,
+):
+    """Alternate floor components, today's /search and the new /search; medians of each."""
     data = QUERY_PHOTO.read_bytes()
     image = decode_image(data).image
     tensors = {k: e.preprocess(image).unsqueeze(0) for k, e in embedders.items()}
@@ -149,9 +164,12 @@ def measure(http: httpx.Client, embedders: dict[str, Embedder], base: dict[str, 
     queries = {k: e.embed(tensors[k])[0] for k, e in embedders.items()}
     for _ in range(args.warmup):
         search_once(http, data, args.k)
+        if today is not None:
+            search_once(today, data, args.k, INDEX + "_today")
     forward: dict[str, list[float]] = {k: [] for k in embedders}
     npsearch: dict[str, list[float]] = {k: [] for k in embedders}
     latencies: list[float] = []
+    today_latencies: list[float] = []
     stages: dict[str, dict[str, list[float]]] = {k: {} for k in embedders}
     decode_ms: list[float] = []
     for _ in range(args.queries):
@@ -162,6 +180,8 @@ def measure(http: httpx.Client, embedders: dict[str, Embedder], base: dict[str, 
             t0 = time.perf_counter()
             numpy_search(base[key], sq[key], queries[key], args.k)
             npsearch[key].append(time.perf_counter() - t0)
+        if today is not None:
+            today_latencies.append(search_once(today, data, args.k, INDEX + "_today")[0])
         elapsed, body = search_once(http, data, args.k)
         latencies.append(elapsed)
         decode_ms.append(body["decode_ms"])
@@ -170,7 +190,21 @@ def measure(http: httpx.Client, embedders: dict[str, Embedder], base: dict[str, 
                 stages[m["model_key"]].setdefault(stage, []).append(value)
     floor_parts = {k: (statistics.median(forward[k]), statistics.median(npsearch[k])) for k in embedders}
     floor = sum(f + s for f, s in floor_parts.values())
-    return latencies, floor, floor_parts, stages, decode_ms
+    return latencies, floor, floor_parts, stages, decode_ms, today_latencies
+
+
+def one_after_another(app: Any) -> None:
+    """Today's engine ran each model's store search in the query's own thread, one after another."""
+
+    def inline(fn: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    app.state.svc.engine._in_background = inline
 
 
 def concurrent(url: str | None, app_client: Any, data: bytes, args: argparse.Namespace) -> dict[str, Any]:
@@ -243,6 +277,16 @@ def report(args: argparse.Namespace, embedders: dict[str, Embedder], res: dict[s
             f"{statistics.median(st['preprocess_ms']):.1f} |"
         )
     lat = res["latencies"]
+    if res["today_latencies"]:
+        today_p50 = percentile(res["today_latencies"], 50)
+        ratio = percentile(lat, 50) / today_p50
+        lines += [
+            "",
+            f"- today's path ({', '.join(f'{k}={v}' for k, v in TODAY.items())}, store searches one after "
+            f"another) p50 over {len(res['today_latencies'])} queries: **{today_p50 * ms:.1f} ms**; new defaults "
+            f"({res['new_settings']}) p50: **{percentile(lat, 50) * ms:.1f} ms**",
+            f"- ratio new / today: **{ratio:.2f}x** (goal <= 0.6x): {'met' if ratio <= 0.6 else 'NOT met'}",
+        ]
     lines += [
         "",
         f"- floor (sum of forwards + NumPy searches): **{res['floor'] * ms:.1f} ms**",
@@ -281,22 +325,32 @@ def main() -> None:
     parser.add_argument("--transport", choices=["uvicorn", "testclient"], default="uvicorn")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=None, help="Write the markdown report here.")
+    parser.add_argument("--no-today", action="store_true", help="Skip today's-path service (no comparison).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
     tmp = Path(tempfile.mkdtemp(prefix="embedsvc-qbench-"))
-    settings = Settings(
-        data_dir=tmp,
-        milvus_uri=args.uri,
-        models=args.models or [],
-        offline=True,
-        allow_random_weights=True,
-        device=args.device,
-        input_size=args.input_size,
-        max_k=max(100, args.k),
-    )
+
+    def settings_for(**overrides: Any) -> Settings:
+        return Settings(
+            data_dir=tmp,
+            milvus_uri=args.uri,
+            models=args.models or [],
+            offline=True,
+            allow_random_weights=True,
+            device=args.device,
+            input_size=args.input_size,
+            max_k=max(100, args.k),
+            **overrides,
+        )
+
+    settings = settings_for()
+    missing = [name for name in TODAY if name not in Settings.model_fields]
+    if missing:
+        raise SystemExit(f"error: this checkout has no {', '.join(missing)} setting: nothing to compare")
     embedders = load_embedders(settings.model_keys(), settings=settings)
+    today_embedders = None if args.no_today else load_embedders(settings.model_keys(), settings=settings_for(**TODAY))
     log.info(
         "models %s; torch threads %d",
         ", ".join(f"{k} ({e.dim})" for k, e in embedders.items()),
@@ -305,21 +359,37 @@ def main() -> None:
     store = Store.from_settings(settings, owner="bench/query_latency")
     try:
         base = fill_store(store, embedders, args.n, tmp / "images", args.seed)
+        if today_embedders is not None:
+            fill_store(store, today_embedders, args.n, tmp / "images", args.seed, index=INDEX + "_today")
         app = create_app(settings, embedders=embedders)
+        today_app = None if today_embedders is None else create_app(settings_for(**TODAY), embedders=today_embedders)
         data = QUERY_PHOTO.read_bytes()
-        if args.transport == "uvicorn":
-            with InThreadServer(app) as url, httpx.Client(base_url=url, timeout=120) as http:
-                latencies, floor, parts, stages, decode_ms = measure(http, embedders, base, args)
-                conc = concurrent(url, None, data, args)
-        else:
-            from fastapi.testclient import TestClient
+        with contextlib.ExitStack() as stack:
+            if args.transport == "uvicorn":
+                url = stack.enter_context(InThreadServer(app))
+                http = stack.enter_context(httpx.Client(base_url=url, timeout=120))
+            else:
+                from fastapi.testclient import TestClient
 
-            with TestClient(app) as http:
-                latencies, floor, parts, stages, decode_ms = measure(http, embedders, base, args)
-                conc = concurrent(None, http, data, args)
+                url, http = None, stack.enter_context(TestClient(app))
+            today_http = None
+            if today_app is not None:
+                if args.transport == "uvicorn":
+                    today_url = stack.enter_context(InThreadServer(today_app))
+                    today_http = stack.enter_context(httpx.Client(base_url=today_url, timeout=120))
+                else:
+                    today_http = stack.enter_context(TestClient(today_app))
+                one_after_another(today_app)
+            latencies, floor, parts, stages, decode_ms, today_latencies = measure(
+                http, embedders, base, args, today_http
+            )
+            conc = concurrent(url, http, data, args)
     finally:
         store.close()
     res = {
+        "today_latencies": today_latencies,
+        "new_settings": ", ".join(f"{k}={getattr(settings, k)}" for k in TODAY)
+        + f"; resolved precision {sorted({e.precision for e in embedders.values()})}",
         "latencies": latencies,
         "floor": floor,
         "floor_parts": parts,
