@@ -182,10 +182,14 @@ def decode_short_side(data_configs: Sequence[dict[str, Any]]) -> int:
 
 
 def to_uint8_tensor(image: Image.Image) -> Tensor:
-    """RGB PIL image -> contiguous (3, H, W) uint8 tensor: what the fast path's decode hands to the models."""
+    """RGB PIL image -> (3, H, W) uint8 tensor: what the fast path's decode hands to the models.
+
+    Channels-last in memory (a CHW view of the HWC pixels, no second copy): torchvision's uint8 antialiased
+    resize runs ~4x faster on that layout than on a contiguous CHW tensor.
+    """
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
 class FastEvalTransform:
@@ -215,6 +219,7 @@ class FastEvalTransform:
         )
         self.crop_size: tuple[int, int] = tuple(self.reference.crop.size) if resize is not None else (0, 0)
         self.support = 2.0 if self.interpolation == InterpolationMode.BICUBIC else 1.0
+        self._affine_on: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def __call__(self, images: Sequence[Tensor], device: torch.device | str | None = None) -> Tensor:
         """(3, H, W) uint8 tensors (any sizes) -> (N, 3, crop, crop) float32 on ``device``, in order."""
@@ -222,26 +227,55 @@ class FastEvalTransform:
         if not images:
             height, width = self.crop_size
             return torch.zeros((0, 3, height, width), dtype=torch.float32, device=device)
+        if len(images) == 1:  # a query, or one worker's image: no grouping, no copy
+            return self.batch(images[0].to(device, non_blocking=True).unsqueeze(0))
         out: list[Tensor | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images):
             by_shape.setdefault(tuple(image.shape), []).append(i)
         for positions in by_shape.values():
-            batch = torch.stack([images[i] for i in positions]).to(device, non_blocking=True)
-            normalised = self.batch(batch)
+            # N x H x W x 3 in memory (channels-last), whatever layout each image came in
+            nhwc = torch.stack([images[i].permute(1, 2, 0) for i in positions]).to(device, non_blocking=True)
+            normalised = self.batch(nhwc.permute(0, 3, 1, 2))
             for row, i in enumerate(positions):
                 out[i] = normalised[row]
         return torch.stack(out)  # type: ignore[arg-type]
 
     def batch(self, batch: Tensor) -> Tensor:
-        """(N, 3, H, W) uint8 of one size -> (N, 3, crop, crop) float32, on the batch's device."""
+        """(N, 3, H, W) uint8 of one size -> (N, 3, crop, crop) float32, on the batch's device.
+
+        Normalised as timm's ``ToTensor`` + ``Normalize`` do, ``(x / 255 - mean) / std``, in one fused pass.
+        """
         from torchvision.transforms.v2 import functional as F2
 
         if self.short is None:  # not resize + centre crop: timm's own transform, image by image
             pil = [Image.fromarray(b.permute(1, 2, 0).cpu().numpy(), "RGB") for b in batch]
             return torch.stack([self.reference.exact(p) for p in pil]).to(batch.device)
-        cropped = self._resize_crop(batch, F2)
-        return F2.normalize(cropped.float().div_(255.0), self.mean, self.std)
+        cropped = self._resize_crop(batch, F2).float().contiguous()  # dense NCHW: the per-channel maths is fastest
+        shift, variance = self._affine(batch.device)
+        # (x / 255 - mean) / std as one pass: (x - 255 mean) / sqrt((255 std)^2), equal up to float rounding
+        return torch.nn.functional.batch_norm(cropped, shift, variance, training=False, eps=0.0)
+
+    def _affine(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The normalisation on the 0-255 scale, as batch-norm statistics on ``device`` (made once per device)."""
+        if device not in self._affine_on:
+            shift = torch.tensor([255.0 * m for m in self.mean], dtype=torch.float32)
+            variance = torch.tensor([(255.0 * s) ** 2 for s in self.std], dtype=torch.float32)
+            self._affine_on[device] = (shift.to(device), variance.to(device))
+        return self._affine_on[device]
+
+    def _resize(self, batch: Tensor, size: tuple[int, int], F2: Any) -> Tensor:
+        """Antialiased resize to ``size`` (h, w) in the model's interpolation, uint8 in and out.
+
+        On the CPU straight through ``torch.nn.functional.interpolate`` (its uint8 channels-last kernels;
+        the same values as torchvision's ``resize``, without its dispatch); elsewhere torchvision's, which
+        resizes in float and rounds back where a device has no uint8 kernel.
+        """
+        if batch.device.type == "cpu":
+            return torch.nn.functional.interpolate(
+                batch, size=size, mode=self.interpolation.value, antialias=True, align_corners=False
+            )
+        return F2.resize(batch, list(size), interpolation=self.interpolation, antialias=True)
 
     def _resize_crop(self, batch: Tensor, F2: Any) -> Tensor:
         short = self.short
@@ -255,8 +289,8 @@ class FastEvalTransform:
         elongated = new_w > ELONGATED_FACTOR * crop_w or new_h > ELONGATED_FACTOR * crop_h
         if not elongated:
             if (new_h, new_w) != (height, width):
-                batch = F2.resize(batch, [new_h, new_w], interpolation=self.interpolation, antialias=True)
-            return F2.center_crop(batch, [crop_h, crop_w])
+                batch = self._resize(batch, (new_h, new_w), F2)
+            return _center_crop(batch, crop_h, crop_w, F2)
         horizontal = new_w > new_h
         long_in, long_out, keep = (width, new_w, crop_w) if horizontal else (height, new_h, crop_h)
         offset = int(round((long_out - keep) / 2.0))  # torchvision's centre-crop offset
@@ -268,14 +302,19 @@ class FastEvalTransform:
         step = (stop - start) / part_out
         first = min(max(0, int(round((lo - start) / step))), part_out - keep)
         if horizontal:
-            part = F2.resize(batch[..., start:stop], [new_h, part_out], interpolation=self.interpolation,
-                             antialias=True)
-            window = part[..., first : first + keep]
+            window = self._resize(batch[..., start:stop], (new_h, part_out), F2)[..., first : first + keep]
         else:
-            part = F2.resize(batch[..., start:stop, :], [part_out, new_w], interpolation=self.interpolation,
-                             antialias=True)
-            window = part[..., first : first + keep, :]
-        return F2.center_crop(window, [crop_h, crop_w])
+            window = self._resize(batch[..., start:stop, :], (part_out, new_w), F2)[..., first : first + keep, :]
+        return _center_crop(window, crop_h, crop_w, F2)
+
+
+def _center_crop(batch: Tensor, crop_h: int, crop_w: int, F2: Any) -> Tensor:
+    """torchvision's centre crop (same offsets) as a view; its padding only where the image is smaller."""
+    height, width = int(batch.shape[-2]), int(batch.shape[-1])
+    if crop_h > height or crop_w > width:
+        return F2.center_crop(batch, [crop_h, crop_w])
+    top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
+    return batch[..., top : top + crop_h, left : left + crop_w]
 
 
 def fast_transform(data_config: dict[str, Any]) -> FastEvalTransform:
