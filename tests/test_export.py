@@ -204,3 +204,17 @@ def test_disk_full_and_read_only_out(cli_store: str, tmp_path: Path) -> None:
     assert full_line.startswith(f"error: disk full: no space left in {full}/x"), full_line
     ro_line = one_error_line((tmp_path / "ro.err").read_text())
     assert ro_line == f"error: cannot write to --out {read_only}/x: read-only file system", ro_line
+
+
+def test_export_help_fits_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain click help, as every command's (tests/test_cli_errors.py): at 80 columns, at most two lines an option."""
+    monkeypatch.setenv("COLUMNS", "80")
+    result = CliRunner().invoke(app, ["export", "--help"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "<bool>" not in result.stdout and max(len(line) for line in lines) <= 80
+    options = [i for i, line in enumerate(lines) if line.lstrip().startswith("-")]
+    assert {"--out", "--model", "--overwrite", "--part-rows"} <= {w for i in options for w in lines[i].split()}
+    for i, start in enumerate(options):
+        end = options[i + 1] if i + 1 < len(options) else len(lines)
+        assert len([line for line in lines[start:end] if line.strip()]) <= 2, lines[start:end]
