@@ -15,6 +15,7 @@ import argparse
 import csv
 import dataclasses
 import logging
+import os
 import shlex
 import statistics
 import sys
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text, flush=True)
         lines.append(text)
 
+    load_start = os.getloadavg()[0]
     paths, labels = sample_photos()
     images = [decode_image(p).image for p in paths]
     flags = ", ".join(cpu_bf16_flags()) or "none"
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     say()
     say("cos: per-image cosine of the bf16 and fp32 embeddings of the same photo; x: fp32 ms / bf16 ms (speed-up); "
         "P@k, mAP@10: leave-one-out over the photos, coarse labels")
+    say(f"load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end ({os.cpu_count()} CPUs): "
+        "timings are only as good as the machine was quiet; cosines and P@k do not depend on it")
 
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -189,11 +189,9 @@ class Embedder:
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:
         """``batch`` on this model's device. CUDA: a non-blocking copy on the side stream (pinned memory makes it
         truly asynchronous), ordered before whatever the current stream runs next; CPU: the batch itself."""
-        if batch.device == self.device or self.device.type != "cuda":
-            return batch.to(self.device)
+        if self.device.type != "cuda" or batch.is_cuda:
+            return batch.to(self.device)  # already there (device-side preprocessing), or nothing to overlap on CPU
         stream, current = copy_stream(self.device), torch.cuda.current_stream(self.device)
-        if batch.device.type != "cpu":
-            stream.wait_stream(current)  # a device source may still be being written; a host one is complete
         with torch.cuda.stream(stream):
             moved = batch.to(self.device, non_blocking=True)
         current.wait_stream(stream)
