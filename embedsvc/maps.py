@@ -122,6 +122,15 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
+def _orthonormal(y: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the columns of a tall ``y`` through the eigenvectors of its small Gram
+    matrix: matrix products only (NumPy's QR of a 5,000 x 60 matrix took ~0.5 s on the loaded 2-core CPU)."""
+    gram = y.T.astype(np.float64) @ y.astype(np.float64)
+    w, v = np.linalg.eigh(gram)
+    keep = w > w.max() * 1e-10
+    return (y @ (v[:, keep] / np.sqrt(w[keep])).astype(y.dtype)).astype(np.float32)
+
+
 def principal_components(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """Scores of the centred rows on their top ``k`` principal axes, each axis' sign fixed (deterministic).
 
@@ -138,10 +147,10 @@ def principal_components(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
     else:
         rng = np.random.default_rng(seed)
-        q, _ = np.linalg.qr(centred @ rng.standard_normal((d, width)).astype(np.float32))
+        q = _orthonormal(centred @ rng.standard_normal((d, width)).astype(np.float32))
         for _ in range(4):  # power iterations sharpen the leading subspace
-            q, _ = np.linalg.qr(centred.T @ q)
-            q, _ = np.linalg.qr(centred @ q)
+            q = _orthonormal(centred.T @ q)
+            q = _orthonormal(centred @ q)
         _, _, vt = np.linalg.svd(q.T @ centred, full_matrices=False)
     axes = vt[:k]
     signs = np.sign(axes[np.arange(k), np.abs(axes).argmax(axis=1)])
