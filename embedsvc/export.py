@@ -48,6 +48,7 @@ DEFAULT_PART_ROWS = 1_000_000
 _GROUP_BYTES = 8 * 1024 * 1024
 _PAGE_BYTES = 4 * 1024 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+_PARTIAL = re.compile(r"\.[^/]+\.(?:partial|old)-(\d+)(?:-[0-9a-f]+)?")
 
 #: (model key, rows written so far for it, its total rows)
 ExportProgress = Callable[[str, int, int], None]
@@ -143,10 +144,30 @@ def _disk_full_as_error(out: Path, what: str) -> Iterator[None]:
         raise
 
 
+def _remove_dead_partials(out: Path) -> None:
+    """Remove what killed exports left (``.<model>.partial-<pid>-*`` of a process that is gone): never content."""
+    for entry in out.iterdir():
+        match = _PARTIAL.fullmatch(entry.name)
+        if match is None or not entry.is_dir() or entry.is_symlink():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # that export is still running
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+            log.info("removed %s, left by an export that did not finish", entry)
+        except PermissionError:
+            continue  # alive, someone else's
+
+
 def check_out_dir(out: Path, *, overwrite: bool) -> None:
-    """Refuse an --out that is a file, holds something already (unless ``overwrite``), or cannot be written."""
+    """Refuse an --out that is a file, holds something already (unless ``overwrite``), or cannot be written.
+
+    Folders a killed export left behind are removed first, so a rerun needs no ``--overwrite``."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} exists and is not a directory")
+    if out.is_dir():
+        _remove_dead_partials(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"--out {out} is not empty; pass --overwrite to replace the exported models in it")
     try:

@@ -218,3 +218,23 @@ def test_export_help_fits_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     for i, start in enumerate(options):
         end = options[i + 1] if i + 1 < len(options) else len(lines)
         assert len([line for line in lines[start:end] if line.strip()]) <= 2, lines[start:end]
+
+
+def test_leftovers_of_a_killed_export_are_not_content(
+    filled: tuple[Store, dict[str, list[dict]]], tmp_path: Path
+) -> None:
+    """A killed export leaves only its hidden partial folder; the rerun removes it (its pid is gone) and needs no
+    --overwrite, while one of a running export (this process' pid) counts as content and is left alone."""
+    store, _ = filled
+    out = tmp_path / "out"
+    dead = out / ".m.partial-999999999-0123abcd"  # above any pid_max: no such process
+    dead.mkdir(parents=True)
+    (dead / "part-00000.parquet").write_bytes(b"half a file")
+    export_index(store, INDEX, out, models=["m"])
+    assert sorted(p.name for p in out.iterdir()) == ["m"]
+
+    live = tmp_path / "out2" / f".m.partial-{os.getpid()}-0123abcd"
+    live.mkdir(parents=True)
+    with pytest.raises(ExportError, match="not empty"):
+        export_index(store, INDEX, tmp_path / "out2", models=["m"])
+    assert live.is_dir()
