@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -43,7 +45,7 @@ from embedsvc.models.transforms import FastEvalTransform
 from embedsvc.store import Store
 from embedsvc.store.naming import check_index_name
 
-__all__ = ["RayEngineError", "RayOptions", "StageRates", "parse_actors", "run_index_ray"]
+__all__ = ["RayEngineError", "RayOptions", "StageRates", "check_reachable", "parse_actors", "run_index_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +173,8 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
         # errors arrive as exceptions. RAY_BACKEND_LOG_LEVEL=info shows them again.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+        main = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main else None
         try:
             if options.address is None:
                 ray.init(
@@ -180,10 +184,14 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
                     **quiet,
                 )
             else:
+                check_reachable(options.address)
                 ray.init(address=options.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = options.address or "a local Ray"
             raise RayEngineError(f"cannot start or reach Ray at {where}: {_first_line(exc)}") from None
+        finally:
+            if main:  # ray.init makes SIGTERM exit at once; the CLI's handler finishes the batch and writes first
+                signal.signal(signal.SIGTERM, sigterm)
         started = True
     _quiet_ray_data(ray)
     try:
@@ -191,6 +199,24 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
     finally:
         if started:
             ray.shutdown()
+
+
+def check_reachable(address: str) -> None:
+    """A TCP connect to ``HOST:PORT`` / ``ray://HOST:PORT`` first: ``ray.init`` waits minutes on an address where
+    nothing listens, this says so in seconds. ``auto`` (RAY_ADDRESS, or the Ray started on this machine) is Ray's."""
+    if address == "auto":
+        return
+    client = address.startswith("ray://")
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":") if ":" in target else (target, "", "")
+    try:
+        port_number = int(port) if port else (10001 if client else 6379)
+    except ValueError:
+        raise RayEngineError(f"--ray-address expects auto, ray://HOST:PORT or HOST:PORT, got {address!r}") from None
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", port_number), timeout=5).close()
+    except OSError as exc:
+        raise RayEngineError(f"cannot reach Ray at {address}: {exc.strerror or exc}") from None
 
 
 def _quiet_ray_data(ray: Any) -> None:
@@ -364,17 +390,17 @@ def run_index_ray(
         progress(ProgressUpdate(done, total, {k: timer.rate(k) for k in keys}, phase))
 
     report(0, "prepare")
-    plan = plan_run(
-        source, index_name=index_name, embedders=embedders, store=store, prune=prune,
-        on_prune=lambda: report(0, "prune"),
-    )
-    t_plan = time.perf_counter() - start
     stages = StageRates()
     models = {k: ActorEmbedder(e) for k, e in embedders.items()}
-    mapper = BatchMapper(plan, models, timer)  # type: ignore[arg-type]  # duck-typed: vectors come from the actors
     clock: dict[str, float] = {}
-    with ray_session(options) as ray:
-        clock["ray_start"] = time.perf_counter() - start - t_plan
+    with ray_session(options) as ray:  # first: an unreachable cluster refuses the run before the plan writes
+        clock["ray_start"] = time.perf_counter() - start
+        plan = plan_run(
+            source, index_name=index_name, embedders=embedders, store=store, prune=prune,
+            on_prune=lambda: report(0, "prune"),
+        )
+        t_plan = time.perf_counter() - start
+        mapper = BatchMapper(plan, models, timer)  # type: ignore[arg-type]  # duck-typed: vectors from the actors
         resolved = _resolve(ray, options, settings, len(keys))
         log.info("ray: %s; per model %s actor(s), %s GPU and %s CPU each", resolved.cluster,
                  "-".join(map(str, sorted(set(resolved.actors)))), resolved.gpus_per_actor, resolved.cpus_per_actor)
@@ -393,6 +419,9 @@ def run_index_ray(
         finally:
             batches.close()  # stops the streaming execution (early exits included) before Ray shuts down
             clock["run_end"] = time.perf_counter()
+        if done < len(plan.items) and not stopped and not (strict and mapper.failures):
+            writer.abort()
+            raise RayEngineError(f"Ray returned {done} of {len(plan.items)} files without an error; rerun to finish")
     ray_stopped = time.perf_counter()
     t_run = ray_stopped - start - t_plan
 
@@ -401,9 +430,9 @@ def run_index_ray(
     stages.add("write", writer.seconds, sum(writer.written.values()))
     first = clock.get("first_batch", clock["run_end"])
     summary.extra["stage_s"] = {
-        "plan": t_plan,
         "ray_start": clock["ray_start"],  # starting (or joining) Ray
-        "first_batch": first - start - t_plan - clock["ray_start"],  # workers start, actors load their models
+        "plan": t_plan - clock["ray_start"],
+        "first_batch": first - start - t_plan,  # workers start, actors load their models
         "stream": clock["run_end"] - first,  # first batch to the last
         "ray_stop": ray_stopped - clock["run_end"],
         "run": t_run,
