@@ -1,4 +1,5 @@
-"""`embedsvc index ...`: bulk-index ImageNet val or any folder; thin wrappers around ``run_index``.
+"""`embedsvc index ...`: bulk-index ImageNet val or any folder; thin wrappers around ``run_index``
+(``--engine ray``: ``ray_engine.run_index_ray``, the same run on Ray Data).
 
 Every expected failure (database in use, manifest mismatch, missing weights, no images, --strict)
 ends with one ``error: ...`` line on stderr and a non-zero exit code, never a traceback.
@@ -6,6 +7,7 @@ ends with one ``error: ...`` line on stderr and a non-zero exit code, never a tr
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import signal
@@ -81,6 +83,56 @@ def with_bulk_threshold(settings: Settings, rows: int | None) -> Settings:
     return updated
 
 
+# --- --engine ray (indexer/ray_engine.py) ------------------------------------------------------------------
+class Engine(enum.StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+ENGINE = Annotated[
+    Engine, typer.Option("--engine", help="local: this process. ray: Ray Data tasks and one actor pool per model.")
+]
+RAY_ADDRESS = Annotated[
+    str | None,
+    typer.Option("--ray-address", metavar="ADDR", help="auto, ray://HOST:10001 or HOST:6379 (default: a local Ray)."),
+]
+RAY_CPUS = Annotated[int | None, typer.Option("--ray-cpus", min=1, help="CPUs of the local Ray (default: all).")]
+RAY_ACTORS = Annotated[
+    str | None,
+    typer.Option("--ray-actors", metavar="N|MIN-MAX", help="Actors per model (default: one per GPU; 1 on CPU)."),
+]
+RAY_GPUS = Annotated[
+    float | None,
+    typer.Option("--ray-gpus-per-actor", min=0.0, metavar="G", help="GPUs per actor (default: 1/models on GPUs)."),
+]
+RAY_ACTOR_CPUS = Annotated[
+    float | None,
+    typer.Option("--ray-cpus-per-actor", min=0.0, metavar="C", help="CPUs per actor (default: from the cluster)."),
+]
+
+
+def ray_options(
+    engine: Engine, address: str | None, cpus: int | None, actors: str | None, gpus: float | None,
+    actor_cpus: float | None,
+) -> object | None:
+    """``RayOptions`` for ``--engine ray`` (None for local); a ``--ray-*`` flag without it is one error line."""
+    if engine is Engine.local:
+        given = [flag for flag, value in (("--ray-address", address), ("--ray-cpus", cpus), ("--ray-actors", actors),
+                 ("--ray-gpus-per-actor", gpus), ("--ray-cpus-per-actor", actor_cpus)) if value is not None]
+        if given:
+            raise _fail(f"{given[0]} needs --engine ray")
+        return None
+    from embedsvc.indexer.ray_engine import RayOptions, check_reachable, parse_actors
+
+    if address is not None and cpus is not None:
+        raise _fail("--ray-cpus sizes a local Ray; with --ray-address the cluster has its own CPUs")
+    if address:
+        check_reachable(address)  # seconds, before the models load (ray.init would wait minutes)
+    return RayOptions(address=address or None, num_cpus=cpus, actors=parse_actors(actors) if actors else None,
+                      gpus_per_actor=gpus, cpus_per_actor=actor_cpus)
+# --- end --engine ray -----------------------------------------------------------------------------------------
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``index`` command group to the ``embedsvc`` app."""
     app.add_typer(index_app, name="index")
@@ -129,6 +181,7 @@ def _run(
     prune: bool,
     strict: bool,
     labels_file: Path | None = None,
+    ray: object | None = None,  # RayOptions: --engine ray
 ) -> None:
     from embedsvc.embedder import load_embedders
     from embedsvc.indexer.datasets import DatasetError
@@ -166,19 +219,31 @@ def _run(
                 ProgressReporter(f"index {index_name}") as progress,
                 disk_full_as_error(settings.data_dir, f"indexing {index_name}"),  # the failures report
             ):
-                summary = run_index(
-                    source,  # type: ignore[arg-type]
-                    index_name=index_name,
-                    embedders=embedders,
-                    store=store,
-                    settings=settings,
-                    batch_size=batch_size,
-                    workers=default_workers(settings) if workers is None else workers,
-                    prune=prune,
-                    strict=strict,
-                    progress=progress,
-                    stop_event=stop,
-                )
+                if ray is not None:  # --engine ray: --workers caps the read tasks at once
+                    from dataclasses import replace
+
+                    from embedsvc.indexer.ray_engine import run_index_ray
+
+                    summary = run_index_ray(
+                        source,  # type: ignore[arg-type]
+                        index_name=index_name, embedders=embedders, store=store, settings=settings,
+                        options=replace(ray, read_tasks=workers),  # type: ignore[type-var]
+                        batch_size=batch_size, prune=prune, strict=strict, progress=progress, stop_event=stop,
+                    )
+                else:
+                    summary = run_index(
+                        source,  # type: ignore[arg-type]
+                        index_name=index_name,
+                        embedders=embedders,
+                        store=store,
+                        settings=settings,
+                        batch_size=batch_size,
+                        workers=default_workers(settings) if workers is None else workers,
+                        prune=prune,
+                        strict=strict,
+                        progress=progress,
+                        stop_event=stop,
+                    )
         except StrictModeError as exc:
             raise _fail(str(exc), EXIT_STRICT) from None
         except (ManifestMismatchError, IndexerError, StoreError) as exc:
@@ -217,6 +282,12 @@ def folder_cmd(
     device: DEVICE = None,
     milvus_uri: MILVUS_URI = None,
     bulk_threshold: BULK_THRESHOLD = None,
+    engine: ENGINE = Engine.local,
+    ray_address: RAY_ADDRESS = None,
+    ray_cpus: RAY_CPUS = None,
+    ray_actors: RAY_ACTORS = None,
+    ray_gpus_per_actor: RAY_GPUS = None,
+    ray_cpus_per_actor: RAY_ACTOR_CPUS = None,
     data_dir: DATA_DIR = None,
     preprocess: PREPROCESS = None,
     precision: PRECISION = None,
@@ -248,6 +319,7 @@ def folder_cmd(
         prune=prune,
         strict=strict,
         labels_file=labels_csv,
+        ray=ray_options(engine, ray_address, ray_cpus, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor),
     )
 
 
@@ -286,6 +358,12 @@ def imagenet_val_cmd(
     device: DEVICE = None,
     milvus_uri: MILVUS_URI = None,
     bulk_threshold: BULK_THRESHOLD = None,
+    engine: ENGINE = Engine.local,
+    ray_address: RAY_ADDRESS = None,
+    ray_cpus: RAY_CPUS = None,
+    ray_actors: RAY_ACTORS = None,
+    ray_gpus_per_actor: RAY_GPUS = None,
+    ray_cpus_per_actor: RAY_ACTOR_CPUS = None,
     data_dir: DATA_DIR = None,
     preprocess: PREPROCESS = None,
     precision: PRECISION = None,
@@ -315,4 +393,5 @@ def imagenet_val_cmd(
         prune=prune,
         strict=strict,
         labels_file=labels,
+        ray=ray_options(engine, ray_address, ray_cpus, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor),
     )
