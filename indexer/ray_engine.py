@@ -406,7 +406,7 @@ def run_index_ray(
                  "-".join(map(str, sorted(set(resolved.actors)))), resolved.gpus_per_actor, resolved.cpus_per_actor)
         ds = build_dataset(ray, plan, embedders, settings, batch_size=batch_size, options=options, resolved=resolved)
         batches = read_batches(ds, models, timer, stages, batch_size=batch_size, clock=clock)
-        writer = StoreWriter(store, index_name)
+        writer = StoreWriter.for_plan(store, plan, settings)  # bulk import past the threshold, as the local engine
         try:
             done, stopped = _run(batches, mapper, writer, strict=strict, stop_event=stop_event,
                                  on_batch=lambda n: report(n, "index"))
