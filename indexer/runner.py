@@ -164,7 +164,7 @@ def run_index(
     pin = any(getattr(e, "device", None) is not None and e.device.type == "cuda" for e in embedders.values())
     loader = make_loader(dataset, batch_size=batch_size, workers=max(0, workers), pin_memory=pin)
     mapper = BatchMapper(plan, embedders, timer)
-    writer = StoreWriter(store, index_name)
+    writer = StoreWriter.for_plan(store, plan, settings)
     done, stopped = _run(loader, mapper, writer, strict=strict, stop_event=stop_event,
                          on_batch=lambda n: report(n, "index"))
     t_run = time.perf_counter() - start - t_plan
