@@ -1,22 +1,30 @@
-"""Indexing throughput: forward-only vs end-to-end (decode + preprocess + forward + Milvus writes), one run.
+"""Indexing throughput: today's path vs the new defaults vs fp32, forward-only vs end-to-end, in one run.
+
+Three configurations of the same models on the same files (``--configs``):
+
+- ``today``: the path before issue #12: timm's exact PIL preprocessing in the decode workers, fp32 forwards;
+- ``fp32``: the new fast preprocessing (reduced-size decode, tensor ops), fp32 forwards;
+- ``new``: the new defaults: fast preprocessing and ``--precision auto`` (bf16 autocast where the hardware has it).
 
 Forward-only: each model alone on preprocessed tensors already in memory, same batch size.
 End-to-end: ``run_index`` with all models in one pass over a folder of JPEGs into a fresh Milvus Lite
-file. The pipeline hides decode, preprocessing and writes behind compute when
+collection. The pipeline hides decode, preprocessing and writes behind compute when
 
     ratio = e2e images/s / (1 / sum_m 1 / forward_only_m)
 
-is close to 1 (goal >= 0.85 on CPU, >= 0.8 on a GPU).
+is close to 1 (goal >= 0.85); the new defaults' end-to-end images/s should be >= 2x today's.
 
-Forward-only and end-to-end alternate over ``--rounds`` so both see the same load on a shared machine;
-medians are reported.
+Configurations and forward-only / end-to-end alternate within every one of ``--rounds`` so all see the same
+load on a shared machine; medians are reported.
 
-    python bench/index_throughput.py --images 64 --batch-size 16 --results bench/results/index_throughput-cpu.md
+    python bench/index_throughput.py --images 64 --batch-size 32 --workers 1 --rounds 2 \
+        --results bench/results/index_throughput-cpu.md
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import logging
 import os
@@ -41,6 +49,7 @@ from embedsvc.embedder import Embedder, load_embedder  # noqa: E402
 from embedsvc.images import decode_image  # noqa: E402
 from embedsvc.indexer.folder import folder_source  # noqa: E402
 from embedsvc.indexer.runner import run_index  # noqa: E402
+from embedsvc.models.precision import resolve_precision  # noqa: E402
 from embedsvc.store import Store  # noqa: E402
 
 SAMPLE_PHOTOS = REPO / "embedsvc" / "sample_photos"
@@ -95,9 +104,21 @@ def peak_rss_mib() -> tuple[float, float]:
     return own, children
 
 
+#: configuration -> (preprocessing path, precision); "today" is the path before issue #12
+CONFIGS = {"today": ("exact", "fp32"), "fp32": ("fast", "fp32"), "new": ("fast", "auto")}
+
+
+def configure(embedders: dict[str, Embedder], config: str) -> dict[str, Embedder]:
+    """The same loaded models (weights shared) with ``config``'s preprocessing path and resolved precision."""
+    path, precision = CONFIGS[config]
+    return {k: dataclasses.replace(e, preprocess_path=path, precision=resolve_precision(precision, e.device))
+            for k, e in embedders.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=None, help="default: the registry's default models")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--input-size", type=int, default=None, help="Override every model's input size.")
     parser.add_argument("--device", default="auto")
@@ -105,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", default="500x375", help="WxH of the generated JPEGs.")
     parser.add_argument("--folder", type=Path, default=None, help="Index this folder instead of generated JPEGs.")
     parser.add_argument("--fwd-batches", type=int, default=2, help="Timed forward-only batches per model per round.")
-    parser.add_argument("--rounds", type=int, default=3, help="Alternating forward-only / end-to-end rounds.")
+    parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds over every configuration.")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader decode workers.")
     parser.add_argument("--results", type=Path, default=None, help="Append a dated Markdown section here.")
     args = parser.parse_args(argv)
@@ -121,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(
             data_dir=work / "data", milvus_uri="", offline=True, allow_random_weights=True, device=args.device,
-            input_size=args.input_size, batch_size=args.batch_size,
+            input_size=args.input_size, batch_size=args.batch_size, precision="fp32",
         )
         device = settings.resolved_device()
         if args.folder:
@@ -132,56 +153,72 @@ def main(argv: list[str] | None = None) -> int:
             make_images(folder, args.images, (w, h))
         source = folder_source(folder, limit=args.images)
         n = len(source.items)
-        embedders = {key: load_embedder(key, settings=settings) for key in args.models or settings.model_keys()}
+        loaded = {key: load_embedder(key, settings=settings) for key in args.models or settings.model_keys()}
+        variants = {c: configure(loaded, c) for c in args.configs}
         hw = torch.cuda.get_device_name() if device.startswith("cuda") else f"{torch.get_num_threads()} threads"
         origin = str(folder) if args.folder else f"{args.image_size} JPEGs made from the sample photos"
         say(f"device {device} ({hw}), torch {torch.__version__}, batch {args.batch_size}, workers {args.workers}, "
-            f"{n} images per round: {origin}")
-        for key, emb in embedders.items():
+            f"{n} images per pass: {origin}")
+        for key, emb in loaded.items():
             size = emb.data_config["input_size"]
             say(f"  {key}: {emb.spec.model_name}, input {size[1]}x{size[2]}, dim {emb.dim}, {emb.provenance.label}")
+        for config in args.configs:
+            first = next(iter(variants[config].values()))
+            say(f"  config {config}: preprocess {first.preprocess_path}, precision {first.precision}")
 
         # One batch of real preprocessed images per model, reused for every forward-only call.
         sample = [decode_image(p).image for p in sorted(folder.rglob("*"))[: args.batch_size] if p.is_file()]
         while len(sample) < args.batch_size:
             sample += sample[: args.batch_size - len(sample)]
-        batches = {k: torch.stack([e.preprocess(img) for img in sample]) for k, e in embedders.items()}
+        batches = {k: torch.stack([e.preprocess(img, "exact") for img in sample]) for k, e in loaded.items()}
 
-        # Rounds alternate forward-only and end-to-end so both see the same machine load.
-        fwd_rounds: list[dict[str, float]] = []
-        e2e_rounds: list[float] = []
-        busy_rounds: list[float] = []
-        pipe_rounds: list[dict[str, float]] = []
+        fwd_rounds: dict[str, list[dict[str, float]]] = {c: [] for c in args.configs}
+        e2e_rounds: dict[str, list[float]] = {c: [] for c in args.configs}
+        busy_rounds: dict[str, list[float]] = {c: [] for c in args.configs}
+        pipe_rounds: dict[str, list[dict[str, float]]] = {c: [] for c in args.configs}
         with Store(str(work / "data" / "bench.db"), owner="index throughput bench") as store:
             for r in range(args.rounds):
-                fwd_r = {k: forward_only(e, batches[k], args.fwd_batches, r == 0) for k, e in embedders.items()}
-                summary = run_index(source, index_name=f"bench-{r}", embedders=embedders, store=store,
-                                    settings=settings, batch_size=args.batch_size, workers=args.workers)
-                rows = {k: store.count(f"bench-{r}", k) for k in embedders}
-                if any(v != n for v in rows.values()) or summary.failures:
-                    say(f"WARNING: expected {n} rows per model, got {rows}; failures {summary.failures[:3]}")
-                fwd_rounds.append(fwd_r)
-                e2e_rounds.append(n / summary.wall_s)
-                busy_rounds.append(sum(summary.extra["compute_s"].values()) / summary.wall_s)
-                pipe_rounds.append({k: c.images_per_s for k, c in summary.per_model.items()})
-                combined_r = 1.0 / sum(1.0 / v for v in fwd_r.values())
-                say(f"round {r + 1}: forward-only {combined_r:.3f} im/s, e2e {e2e_rounds[-1]:.3f} im/s "
-                    f"({n} images in {summary.wall_s:.1f} s), ratio {e2e_rounds[-1] / combined_r:.3f}, "
-                    f"load avg {os.getloadavg()[0]:.1f}")
+                for config in args.configs:
+                    embedders = variants[config]
+                    fwd_r = {k: forward_only(e, batches[k], args.fwd_batches, r == 0) for k, e in embedders.items()}
+                    name = f"bench-{config}-{r}"
+                    summary = run_index(source, index_name=name, embedders=embedders, store=store,
+                                        settings=settings, batch_size=args.batch_size, workers=args.workers)
+                    rows = {k: store.count(name, k) for k in embedders}
+                    if any(v != n for v in rows.values()) or summary.failures:
+                        say(f"WARNING: expected {n} rows per model, got {rows}; failures {summary.failures[:3]}")
+                    fwd_rounds[config].append(fwd_r)
+                    e2e_rounds[config].append(n / summary.wall_s)
+                    busy_rounds[config].append(sum(summary.extra["compute_s"].values()) / summary.wall_s)
+                    pipe_rounds[config].append({k: c.images_per_s for k, c in summary.per_model.items()})
+                    combined_r = 1.0 / sum(1.0 / v for v in fwd_r.values())
+                    e2e = e2e_rounds[config][-1]
+                    say(f"round {r + 1} {config:>5}: forward-only {combined_r:.3f} im/s, e2e {e2e:.3f} im/s ({n} "
+                        f"images in {summary.wall_s:.1f} s), ratio {e2e / combined_r:.3f}, "
+                        f"load avg {os.getloadavg()[0]:.1f}")
 
         med = statistics.median
-        fwd = {k: med(fr[k] for fr in fwd_rounds) for k in embedders}
-        ratios = [e / (1.0 / sum(1.0 / v for v in fr.values())) for e, fr in zip(e2e_rounds, fwd_rounds, strict=True)]
         say()
-        say(f"{'model':<16} {'fwd-only im/s':>14} {'in-pipeline fwd im/s':>21}   (medians over {args.rounds} rounds)")
-        for k in embedders:
-            say(f"{k:<16} {fwd[k]:>14.2f} {med(p[k] for p in pipe_rounds):>21.2f}")
+        say(f"{'model':<16} " + " ".join(f"{c + ' fwd im/s':>15} {c + ' in-pipe':>14}" for c in args.configs)
+            + f"   (medians over {args.rounds} rounds)")
+        for k in loaded:
+            say(f"{k:<16} " + " ".join(
+                f"{med(fr[k] for fr in fwd_rounds[c]):>15.2f} {med(p[k] for p in pipe_rounds[c]):>14.2f}"
+                for c in args.configs))
         say()
-        combined = 1.0 / sum(1.0 / r for r in fwd.values())
-        say(f"forward-only, all {len(embedders)} models on one image stream: {combined:.3f} images/s")
-        say(f"end-to-end one pass (decode+preprocess+{len(embedders)} models+writes): {med(e2e_rounds):.3f} images/s")
-        say(f"ratio e2e / forward-only: median {med(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
-        say(f"models busy {med(busy_rounds):.1%} of the e2e wall time (median)")
+        say(f"{'config':<8} {'fwd-only im/s':>14} {'e2e im/s':>9} {'e2e/fwd':>8} {'busy':>6} {'e2e vs today':>13}")
+        today = med(e2e_rounds["today"]) if "today" in e2e_rounds else None
+        for c in args.configs:
+            fwd = {k: med(fr[k] for fr in fwd_rounds[c]) for k in loaded}
+            combined = 1.0 / sum(1.0 / v for v in fwd.values())
+            ratios = [e / (1.0 / sum(1.0 / v for v in fr.values())) for e, fr in zip(e2e_rounds[c], fwd_rounds[c],
+                                                                                      strict=True)]
+            vs = f"{med(e2e_rounds[c]) / today:.2f}x" if today else "-"
+            say(f"{c:<8} {combined:>14.3f} {med(e2e_rounds[c]):>9.3f} {med(ratios):>8.3f} "
+                f"{med(busy_rounds[c]):>6.1%} {vs:>13}")
+        say()
+        say("goals: new e2e >= 2x today's; e2e/fwd >= 0.85 (forward-only = all models on one image stream, "
+            "1 / sum 1/rate); busy = models' share of the e2e wall time")
         own, child = peak_rss_mib()
         mem = f"peak RSS: main process {own:,.0f} MiB, largest child (decode worker / Lite server) {child:,.0f} MiB"
         if device.startswith("cuda"):
