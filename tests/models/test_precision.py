@@ -192,7 +192,7 @@ def test_flag_and_env_var_choose_the_recorded_precision(
         ("env", [], {"EMBEDSVC_PRECISION": "bf16"}, "bf16"),
         ("flag over env", ["--precision", "fp32"], {"EMBEDSVC_PRECISION": "bf16"}, "fp32"),
     ]
-    for name, flags, env, expected in runs:
+    for name, flags, env, _expected in runs:
         result = _cli(["index", "folder", str(root), "--name", name.replace(" ", "-"), *fast, *flags], monkeypatch,
                       env)
         assert result.exit_code == 0, (name, result.output)
