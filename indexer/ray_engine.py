@@ -35,15 +35,14 @@ from embedsvc.core.errors import EmbedsvcError
 from embedsvc.embedder import Embedder
 from embedsvc.indexer.datasets import DatasetSource
 from embedsvc.indexer.embedder import ComputeTimer, decode_short_side_of, transforms_of
-from embedsvc.indexer.plan import IndexerError, RunPlan, plan_run
+from embedsvc.indexer.plan import RunPlan, plan_run
 from embedsvc.indexer.ray_stages import EmbedActor, col, plan_blocks, read_stage, vector_of
 from embedsvc.indexer.reader import ReadBatch, ReadResult
 from embedsvc.indexer.report import IndexSummary, ProgressUpdate, strict_error
-from embedsvc.indexer.runner import BatchMapper, _finish, _run
+from embedsvc.indexer.runner import BatchMapper, _finish, _run, check_run, progress_reporter
 from embedsvc.indexer.writer import StoreWriter
 from embedsvc.models.transforms import FastEvalTransform
 from embedsvc.store import Store
-from embedsvc.store.naming import check_index_name
 
 __all__ = ["RayEngineError", "RayOptions", "StageRates", "check_reachable", "parse_actors", "run_index_ray"]
 
@@ -369,25 +368,11 @@ def run_index_ray(
     """
     start = time.perf_counter()
     options = options or RayOptions()
-    check_index_name(index_name)
-    if not embedders:
-        raise IndexerError("no models selected")
-    batch_size = batch_size or settings.batch_size
-    if batch_size < 1:
-        raise IndexerError(f"batch size must be >= 1, got {batch_size}")
+    batch_size = check_run(index_name, embedders, batch_size, settings)
     keys = list(embedders)
     total = len(source.items)
     timer = ActorTimer()
-    last_report = [0.0]
-
-    def report(done: int, phase: str) -> None:
-        """Progress to the caller; "index" updates at most every 0.5 s (and at the last file)."""
-        now = time.perf_counter()
-        if progress is None or (phase == "index" and now - last_report[0] < 0.5 and done != total):
-            return
-        if phase == "index":
-            last_report[0] = now
-        progress(ProgressUpdate(done, total, {k: timer.rate(k) for k in keys}, phase))
+    report = progress_reporter(progress, total, keys, timer)
 
     report(0, "prepare")
     stages = StageRates()

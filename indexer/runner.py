@@ -113,6 +113,34 @@ class BatchMapper:
         return rows_by_model
 
 
+def check_run(index_name: str, embedders: Mapping[str, Embedder], batch_size: int | None, settings: Settings) -> int:
+    """What either engine checks before it starts; returns the batch size to use."""
+    check_index_name(index_name)
+    if not embedders:
+        raise IndexerError("no models selected")
+    batch_size = batch_size or settings.batch_size
+    if batch_size < 1:
+        raise IndexerError(f"batch size must be >= 1, got {batch_size}")
+    return batch_size
+
+
+def progress_reporter(
+    progress: Callable[[ProgressUpdate], None] | None, total: int, keys: list[str], timer: Any
+) -> Callable[[int, str], None]:
+    """Progress to the caller; "index" updates at most every 0.5 s (and at the last file)."""
+    last_report = [0.0]
+
+    def report(done: int, phase: str) -> None:
+        now = time.perf_counter()
+        if progress is None or (phase == "index" and now - last_report[0] < 0.5 and done != total):
+            return
+        if phase == "index":
+            last_report[0] = now
+        progress(ProgressUpdate(done, total, {k: timer.rate(k) for k in keys}, phase))
+
+    return report
+
+
 def run_index(
     source: DatasetSource,
     *,
@@ -129,27 +157,9 @@ def run_index(
 ) -> IndexSummary:
     """Index ``source`` into one collection per model of ``index_name``; safe to rerun after any stop."""
     start = time.perf_counter()
-    check_index_name(index_name)
-    if not embedders:
-        raise IndexerError("no models selected")
-    batch_size = batch_size or settings.batch_size
-    if batch_size < 1:
-        raise IndexerError(f"batch size must be >= 1, got {batch_size}")
-    keys = list(embedders)
-    total = len(source.items)
+    batch_size = check_run(index_name, embedders, batch_size, settings)
     timer = ComputeTimer()
-
-    last_report = [0.0]
-
-    def report(done: int, phase: str) -> None:
-        """Progress to the caller; "index" updates at most every 0.5 s (and at the last file)."""
-        now = time.perf_counter()
-        if progress is None or (phase == "index" and now - last_report[0] < 0.5 and done != total):
-            return
-        if phase == "index":
-            last_report[0] = now
-        progress(ProgressUpdate(done, total, {k: timer.rate(k) for k in keys}, phase))
-
+    report = progress_reporter(progress, len(source.items), list(embedders), timer)
     report(0, "prepare")
     plan = plan_run(
         source, index_name=index_name, embedders=embedders, store=store, prune=prune,
