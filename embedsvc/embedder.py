@@ -78,6 +78,7 @@ class CompileError(EmbedsvcError):
 
     code = "compile_failed"
     http_status = 500
+    public_message = "a model could not be compiled on the server (details are in the server log)"
 
 
 class EmbedForward(nn.Module):
