@@ -59,7 +59,7 @@ def test_manifest_records_the_path_and_decode_bound(tmp_path: Path, two_embedder
     _index(settings, _on_path(two_embedders, "fast"), photos, "fastidx")
     _index(settings, _on_path(two_embedders, "exact"), photos, "exactidx")
     bound = decode_short_side_of(two_embedders)
-    assert bound == 2 * 73  # ConvNeXt at 64 px resizes to floor(64 / 0.875); DeiT-III to 64
+    assert bound == 183  # ceil(2.5 x 73): ConvNeXt at 64 px resizes to floor(64 / 0.875); DeiT-III to 64
     with Store.from_settings(settings) as store:
         for key in two_embedders:
             fast = store.get_manifest("fastidx", key)["preprocessing"]

@@ -108,10 +108,10 @@ def test_decode_bound_is_respected_and_small_images_untouched() -> None:
         assert np.array_equal(np.asarray(decoded.image), np.asarray(decode_image(data).image))
 
 
-def test_model_bound_is_twice_the_largest_resize_side() -> None:
+def test_model_bound_is_two_and_a_half_times_the_largest_resize_side() -> None:
     configs = [_config("convnext_tiny.fb_in1k"), _config("deit3_small_patch16_224.fb_in1k")]
     assert [transforms.resize_side(c) for c in configs] == [256, 248]  # 224 / 0.875, 224 / 0.9
-    assert transforms.decode_short_side(configs) == 512 == transforms.DECODE_FACTOR * 256
+    assert transforms.decode_short_side(configs) == 640 == transforms.DECODE_FACTOR * 256
 
 
 def test_exif_rotation_still_applied_on_the_reduced_decode() -> None:
