@@ -11,7 +11,9 @@ Upsert semantics, because an import *inserts* (a server then keeps two rows unde
 before each file is imported, every id in it is deleted (stored or not; a delete is idempotent), after waiting for any
 import job of the collection still running (one a killed run left behind would otherwise land after the delete).
 Then a rerun or a resumed run re-imports a row without duplicating it, and the verification, ``count(*)`` of the
-file's ids, which counts duplicates, proves exactly one row per id.
+file's ids, which counts duplicates, proves exactly one row per id. The rows those ids had are read before the delete
+and upserted back when the server fails the job (a failed job stores none of its rows), so a refused import loses
+nothing that was stored.
 
 Milvus Lite has no import API: ``BulkImporter`` refuses it with ``BulkImportUnsupportedError``.
 """
@@ -50,6 +52,10 @@ class BulkImportError(StoreError):
 
     code = "bulk_import_failed"
     public_message = "bulk import into the vector database failed (details are in the server log)"
+
+
+class JobRefusedError(BulkImportError):
+    """The server failed an import job (all or nothing: none of its rows were stored), e.g. it cannot read the file."""
 
 
 class BulkImportUnsupportedError(BulkImportError):
@@ -152,13 +158,18 @@ class BulkImporter:
         files = [Path(f) for f in self._writer.batch_files[-1]]
         deadline = start + self.config.timeout_s
         self._wait_idle(deadline)
+        previous = self.store.get_rows(self.index, self.model_key, ids, with_vectors=True)  # put back if refused
         self.store.delete(self.index, self.model_key, ids)  # an import inserts: no id may be stored twice
         server_files = [self.config.server_path(f) for f in files]
-        task = self.store._call(
-            f"starting a bulk import into {self.name}",
-            lambda c, **kw: c._get_connection().do_bulk_insert(self.name, "", server_files, **kw),
-        )
-        self._wait_job(task, deadline)
+        try:
+            task = self.store._call(
+                f"starting a bulk import into {self.name}",
+                lambda c, **kw: c._get_connection().do_bulk_insert(self.name, "", server_files, **kw),
+            )
+            self._wait_job(task, deadline)
+        except JobRefusedError:
+            self.store.upsert(self.index, self.model_key, previous)  # a refused job stored nothing: undo the delete
+            raise
         self._verify(ids, deadline)
         for f in files:
             f.unlink(missing_ok=True)
@@ -194,9 +205,10 @@ class BulkImporter:
                 return
             if state.state in _FAILED:
                 reason = state.infos.get("failed_reason") or state.state_name
-                raise BulkImportError(
+                raise JobRefusedError(
                     f"bulk import job {task} into {self.name} failed: {reason} (the server must read the staged files "
-                    f"at {self.config.server_dir or self.config.staging_dir}; see EMBEDSVC_BULK_SERVER_DIR)"
+                    f"at {self.config.server_dir or self.config.staging_dir}; see EMBEDSVC_BULK_SERVER_DIR); the "
+                    "rows those ids had before are kept"
                 )
             if time.monotonic() > deadline:
                 raise BulkImportError(

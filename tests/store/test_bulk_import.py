@@ -96,8 +96,11 @@ def test_switch_imports_past_threshold_verifies_and_rerun_does_not_duplicate(
 @pytest.mark.integration
 def test_unreadable_staging_fails_with_the_servers_reason(server_store: Store, index: str, tmp_path: Path) -> None:
     """A server that cannot read the staged files fails the first file's job, with the server's reason; files are cut
-    by size (``file_bytes``: ~15 of these rows), so the failure comes while rows are still being added."""
+    by size (``file_bytes``: ~15 of these rows), so the failure comes while rows are still being added. The rows
+    the file's ids had before (the import deletes them first) are stored again, as they were."""
     server_store.ensure_collection(index, "m", manifest())
+    before = make_rows(index, 4, seed=3)  # same ids as the first rows imported below, other vectors
+    server_store.upsert(index, "m", before)
     config = BulkConfig(tmp_path / "staging", server_dir=Path("/nonexistent/milvus-import"), file_bytes=3000)
     importer = BulkImporter(server_store, index, "m", config)
     rows = make_rows(index, 40)
@@ -106,7 +109,11 @@ def test_unreadable_staging_fails_with_the_servers_reason(server_store: Store, i
             importer.add([row])
     assert 10 < rows.index(row) < 39  # the file was cut by size before the last row
     importer.abort()
-    assert server_store.count(index, "m") == 0
+    assert server_store.count(index, "m") == len(before)
+    got = stored(server_store, index, "m", before)
+    for row in before:
+        np.testing.assert_array_equal(got[row["id"]]["vector"], row["vector"])
+        assert got[row["id"]]["content_hash"] == row["content_hash"]
     assert not any((tmp_path / "staging").rglob("*.parquet"))
 
 
