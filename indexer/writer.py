@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from embedsvc.core.errors import EmbedsvcError
 from embedsvc.store import Store
-from embedsvc.store.bulk import BulkConfig, BulkImporter, check_bulk_capable
+from embedsvc.store.bulk import BulkConfig, BulkImporter, S3Staging, check_bulk_capable
 from embedsvc.store.rows import MAX_BATCH_ROWS, rows_per_request  # the store owns request sizes
 
 if TYPE_CHECKING:
@@ -51,8 +51,21 @@ def bulk_models(store: Store, expected_rows: Mapping[str, int], settings: Settin
         if threshold is not None and reached:
             check_bulk_capable(store)
         return {}
+    remote = None
+    if settings.bulk_s3_bucket:  # object-store staging: the server's own bucket (settings check the endpoint)
+        remote = S3Staging(
+            endpoint=settings.bulk_s3_endpoint,
+            bucket=settings.bulk_s3_bucket,
+            access_key=settings.bulk_s3_access_key,
+            secret_key=settings.bulk_s3_secret_key.get_secret_value(),
+            secure=settings.bulk_s3_secure,
+            prefix=settings.bulk_s3_prefix,
+        )
     config = BulkConfig(
-        staging_dir=settings.resolved_bulk_dir, server_dir=settings.bulk_server_dir, timeout_s=settings.bulk_timeout_s
+        staging_dir=settings.resolved_bulk_dir,
+        server_dir=settings.bulk_server_dir,
+        timeout_s=settings.bulk_timeout_s,
+        remote=remote,
     )
     return {key: config for key in reached}
 

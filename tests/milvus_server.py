@@ -16,8 +16,14 @@ Usage::
     with MilvusTestServer() as server:
         client = MilvusClient(uri=server.uri)
 
+Object-store mode (``MilvusTestServer(object_store=True)``): a moto S3 server (``moto[server]``) runs in the same
+namespace, on ``127.0.0.1:9900`` there; the bucket ``s3_bucket`` is created in it and the Milvus server stores its
+data there (``common.storageType: minio``, ``minio.*`` pointing at moto), which is how a Helm/Operator deployment
+with MinIO or S3 runs, bulk imports included (the server reads import files from that bucket). The S3 port is
+forwarded to the host like the others: ``s3_endpoint`` ("127.0.0.1:PORT"), ``s3_access_key``, ``s3_secret_key``.
+
 Needs root (``unshare --net``); without it ``start()`` raises ``MilvusHarnessError`` with the reason.
-Run standalone for manual checks: ``python tests/milvus_server.py serve``.
+Run standalone for manual checks: ``python tests/milvus_server.py serve [--s3]``.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ _IP_KEYS = (
     "dataNode.ip",
 )
 _METRICS_PORT = 9091  # the namespace is empty, so fixed ports inside it cannot clash
+_S3_PORT = 9900  # moto's port inside the namespace (object-store mode)
+#: moto accepts any credentials; these are the ones the server and the tests sign with.
+S3_ACCESS_KEY, S3_SECRET_KEY = "embedsvc-test", "embedsvc-test-secret"
 
 
 class MilvusHarnessError(RuntimeError):
@@ -104,10 +113,22 @@ class MilvusTestServer:
     with ``common.gracefulStopTimeout=10``), killing it only after ``stop_timeout`` seconds.
     """
 
-    def __init__(self, *, start_timeout: float = 90.0, stop_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        start_timeout: float = 90.0,
+        stop_timeout: float = 30.0,
+        object_store: bool = False,
+        s3_bucket: str = "milvus-bucket",
+    ) -> None:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.object_store = object_store
+        self.s3_bucket = s3_bucket
+        self.s3_access_key, self.s3_secret_key = S3_ACCESS_KEY, S3_SECRET_KEY
+        self.s3_endpoint = ""  # host:port on the host's loopback, valid after start() in object-store mode
         self.uri = ""
+        self._moto: subprocess.Popen[bytes] | None = None
         self.tmp_dir: Path | None = None
         self._netns: Path | None = None
         self._server: subprocess.Popen[bytes] | None = None
@@ -136,8 +157,13 @@ class MilvusTestServer:
         self.tmp_dir = Path(tempfile.mkdtemp(prefix="embedsvc-milvus-"))
         try:
             self._make_netns()
-            proxy_port = self._start_server()
-            self._start_forwarder([proxy_port, _METRICS_PORT])
+            config, proxy_port = self._configure()
+            if self.object_store:
+                self._start_moto()
+            self._start_forwarder([proxy_port, _METRICS_PORT] + ([_S3_PORT] if self.object_store else []))
+            if self.object_store:
+                self._create_bucket(t0)
+            self._start_server(config)
             self._wait_ready(t0)
         except BaseException:
             self.stop()
@@ -156,6 +182,15 @@ class MilvusTestServer:
                     log.warning("Milvus test server ignored SIGTERM for %.0f s; killing it", self.stop_timeout)
                     proc.kill()
                     proc.wait(timeout=10)
+        if self._moto is not None:
+            moto, self._moto = self._moto, None
+            if moto.poll() is None:
+                moto.terminate()
+                try:
+                    moto.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    moto.kill()
+                    moto.wait(timeout=5)
         if self._forwarder is not None:
             fwd, self._forwarder = self._forwarder, None
             if fwd.poll() is None:
@@ -179,6 +214,7 @@ class MilvusTestServer:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
             self.tmp_dir = None
         self.uri = ""
+        self.s3_endpoint = ""
 
     # -- pieces ---------------------------------------------------------------------------------
     def _make_netns(self) -> None:
@@ -189,19 +225,73 @@ class MilvusTestServer:
         self._netns = netns
         _run(["nsenter", f"--net={netns}", "ip", "link", "set", "lo", "up"], "bringing up lo in the namespace")
 
-    def _start_server(self) -> int:
+    def _configure(self) -> tuple[object, int]:
         from milvus import MilvusServerConfig
 
-        assert self.tmp_dir is not None and self._netns is not None
-        bin_dir = _binary_dir()
-        data_dir = self.tmp_dir / "milvus"
-        config = MilvusServerConfig(data_dir=str(data_dir))
+        assert self.tmp_dir is not None
+        config = MilvusServerConfig(data_dir=str(self.tmp_dir / "milvus"))
         for key in _IP_KEYS:
             config.set(key, "127.0.0.1")
         config.set("common.gracefulStopTimeout", 10)
+        if self.object_store:
+            for key, value in {
+                "common.storageType": "minio",
+                "minio.address": "127.0.0.1",
+                "minio.port": _S3_PORT,
+                "minio.accessKeyID": S3_ACCESS_KEY,
+                "minio.secretAccessKey": S3_SECRET_KEY,
+                "minio.useSSL": "false",
+                "minio.bucketName": self.s3_bucket,
+                "minio.rootPath": "files",
+            }.items():
+                config.set(key, value)
         # resolve() probes free ports on the host's loopback; they are free in the empty namespace too.
         config.resolve()
-        proxy_port = int(config.get("proxy_port"))
+        return config, int(config.get("proxy_port"))
+
+    def _start_moto(self) -> None:
+        assert self.tmp_dir is not None and self._netns is not None
+        log_file = open(self.tmp_dir / "moto.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log_file)
+        self._moto = subprocess.Popen(
+            ["nsenter", f"--net={self._netns}", sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+             "-p", str(_S3_PORT)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _create_bucket(self, t0: float) -> None:
+        """Wait for moto (through the forwarder), then create the server's bucket."""
+        import urllib3
+        from minio import Minio
+
+        self.s3_endpoint = f"127.0.0.1:{self._host_ports[_S3_PORT]}"
+        client = Minio(
+            self.s3_endpoint,
+            access_key=S3_ACCESS_KEY,
+            secret_key=S3_SECRET_KEY,
+            secure=False,
+            http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=10), retries=False),
+        )
+        deadline = t0 + self.start_timeout
+        while True:
+            assert self._moto is not None
+            if self._moto.poll() is not None:
+                raise MilvusHarnessError(f"moto S3 server exited with {self._moto.returncode}:\n{self.log_tail()}")
+            try:
+                if not client.bucket_exists(self.s3_bucket):
+                    client.make_bucket(self.s3_bucket)
+                return
+            except Exception as exc:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    raise MilvusHarnessError(f"moto S3 server not ready ({exc!r}):\n{self.log_tail()}") from exc
+                time.sleep(0.2)
+
+    def _start_server(self, config: object) -> None:  # config: written by resolve()
+        assert self.tmp_dir is not None and self._netns is not None
+        bin_dir = _binary_dir()
+        data_dir = self.tmp_dir / "milvus"
         env = dict(os.environ)
         env.update(
             DEPLOY_MODE="STANDALONE",
@@ -221,7 +311,6 @@ class MilvusTestServer:
             stderr=err,
             start_new_session=True,
         )
-        return proxy_port
 
     def _start_forwarder(self, ports: list[int]) -> None:
         assert self._netns is not None
@@ -272,8 +361,8 @@ class MilvusTestServer:
         if self.tmp_dir is None:
             return ""
         lines: list[str] = []
-        for name in ("milvus-stderr.log", "milvus-stdout.log"):
-            path = self.tmp_dir / "milvus" / "logs" / name
+        for name in ("milvus-stderr.log", "milvus-stdout.log", "moto.log"):
+            path = self.tmp_dir / ("moto.log" if name == "moto.log" else Path("milvus") / "logs" / name)
             if path.exists():
                 lines += [f"--- {name}"] + path.read_text(errors="replace").splitlines()[-n:]
         return "\n".join(lines)
@@ -327,14 +416,15 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["serve"]:
         logging.basicConfig(level=logging.INFO)
-        with MilvusTestServer() as server:
-            sys.stdout.write(f"Milvus test server at {server.uri}; Ctrl+C stops it\n")
+        with MilvusTestServer(object_store="--s3" in argv[1:]) as server:
+            where = f" (S3 at {server.s3_endpoint}, bucket {server.s3_bucket})" if server.object_store else ""
+            sys.stdout.write(f"Milvus test server at {server.uri}{where}; Ctrl+C stops it\n")
             sys.stdout.flush()
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(3600)
         return 0
-    sys.stderr.write("usage: milvus_server.py serve | forward NETNS PORT...\n")
+    sys.stderr.write("usage: milvus_server.py serve [--s3] | forward NETNS PORT...\n")
     return 2
 
 

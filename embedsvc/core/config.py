@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SERVER_SCHEMES = ("http", "https", "tcp", "grpc", "unix")
@@ -56,6 +56,24 @@ class Settings(BaseSettings):
         "elsewhere); default: the same path.",
     )
     bulk_timeout_s: float = Field(default=1800, gt=0, description="Seconds one bulk import job may take.")
+    bulk_s3_bucket: str = Field(
+        default="",
+        description="Set: bulk-import files are staged in this MinIO/S3 bucket instead of a shared directory. It must "
+        "be the Milvus server's own object storage (minio.bucketName of its config): the server reads import files "
+        "from there (Helm/Operator deployments). bulk_dir then only buffers each file until it is uploaded.",
+    )
+    bulk_s3_endpoint: str = Field(
+        default="", description="host:port of that object store (e.g. minio:9000); required with bulk_s3_bucket."
+    )
+    bulk_s3_access_key: str = Field(default="", description="Access key for bulk_s3_bucket (minio.accessKeyID).")
+    bulk_s3_secret_key: SecretStr = Field(
+        default=SecretStr(""), description="Secret key for bulk_s3_bucket (minio.secretAccessKey)."
+    )
+    bulk_s3_secure: bool = Field(default=False, description="HTTPS to the object store (minio.useSSL).")
+    bulk_s3_prefix: str = Field(
+        default="embedsvc-bulk",
+        description="Object-key prefix of staged files in bulk_s3_bucket; they are removed after each import.",
+    )
 
     # --- models --------------------------------------------------------------------------------
     models: list[str] = Field(
@@ -141,6 +159,22 @@ class Settings(BaseSettings):
                 f"(http://host:19530), got {value!r}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_bulk_s3(self) -> Settings:
+        """Object-store staging (a bucket) needs the store's address; an endpoint alone selects nothing."""
+        if self.bulk_s3_bucket and not self.bulk_s3_endpoint:
+            raise ValueError(
+                f"EMBEDSVC_BULK_S3_BUCKET={self.bulk_s3_bucket!r} needs EMBEDSVC_BULK_S3_ENDPOINT (host:port of the "
+                "MinIO/S3 server the Milvus server stores its data in)"
+            )
+        endpoint = self.bulk_s3_endpoint
+        if endpoint and ("://" in endpoint or "/" in endpoint):
+            raise ValueError(
+                f"EMBEDSVC_BULK_S3_ENDPOINT must be host:port without a scheme or path (e.g. minio:9000), got "
+                f"{endpoint!r}; use EMBEDSVC_BULK_S3_SECURE=true for HTTPS"
+            )
+        return self
 
     @field_validator("preprocess", mode="before")
     @classmethod

@@ -7,6 +7,14 @@ storage, or a volume both share; the same path when unset). Each file is one job
 local storage, measured on the 2.3.5 standalone; 2.4+ keeps the same call). After a job completes the collection is
 reloaded with ``refresh`` (imported segments are otherwise invisible for seconds) and the row counts are verified.
 
+Object-store staging (``BulkConfig.remote``, an ``S3Staging``; Helm/Operator deployments, whose servers keep their data
+in MinIO/S3 and read import files from there): pymilvus' ``RemoteBulkWriter`` writes each file under ``staging_dir``
+and uploads it to the bucket under ``prefix``; the object keys go to ``do_bulk_insert`` as they are, and the server
+resolves them in its own bucket, which therefore must be this one (its ``minio.bucketName``). The bucket is checked
+when the importer is made (one clear error for a wrong endpoint or a missing bucket, before anything is deleted), and
+uploaded objects are removed after their job, and on ``abort``/``close``. Measured against Milvus 2.3.5 standalone
+on a moto S3 server (tests/store/test_bulk_import_s3.py).
+
 Upsert semantics, because an import *inserts* (a server then keeps two rows under one id, measured on 2.3.5):
 before each file is imported, every id in it is deleted (stored or not; a delete is idempotent), after waiting for any
 import job of the collection still running (one a killed run left behind would otherwise land after the delete).
@@ -25,7 +33,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +75,53 @@ class BulkImportUnsupportedError(BulkImportError):
 
 
 @dataclass(frozen=True)
+class S3Staging:
+    """The MinIO/S3 bucket import files are uploaded to: the Milvus server's own object storage (``minio.*`` of
+    its config), since the server resolves the object keys it is given in its own bucket."""
+
+    endpoint: str  # host:port, no scheme
+    bucket: str
+    access_key: str = ""
+    secret_key: str = field(default="", repr=False)
+    secure: bool = False
+    prefix: str = "embedsvc-bulk"
+
+    @property
+    def where(self) -> str:
+        return f"s3://{self.bucket} at {self.endpoint}"
+
+    def http_client(self) -> Any:
+        """Bounded waits: minio's default pool retries an unreachable endpoint for a long time."""
+        import urllib3
+
+        return urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=300),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        )
+
+    def client(self) -> Any:
+        """A ``minio.Minio`` client of the bucket's server (minio comes with pymilvus)."""
+        from minio import Minio
+
+        return Minio(
+            self.endpoint,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            secure=self.secure,
+            http_client=self.http_client(),
+        )
+
+
+@dataclass(frozen=True)
 class BulkConfig:
-    """Where the parquet is staged and how long a job may take."""
+    """Where the parquet is staged and how long a job may take; ``remote`` set: uploaded to that bucket (then
+    ``staging_dir`` only buffers each file until its upload, and ``server_dir`` is unused)."""
 
     staging_dir: Path
     server_dir: Path | None = None
     timeout_s: float = 1800.0
     file_bytes: int = FILE_BYTES
+    remote: S3Staging | None = None
 
     def server_path(self, local: Path) -> str:
         """``local`` (under ``staging_dir``) as the Milvus server sees it."""
@@ -101,18 +149,39 @@ class BulkImporter:
     def __init__(self, store: Store, index: str, model_key: str, config: BulkConfig) -> None:
         check_bulk_capable(store)
         from pymilvus import CollectionSchema
-        from pymilvus.bulk_writer import BulkFileType, LocalBulkWriter
+        from pymilvus.bulk_writer import BulkFileType, LocalBulkWriter, RemoteBulkWriter
 
         self.store, self.index, self.model_key, self.config = store, index, model_key, config
         self.name, manifest = store._manifest(index, model_key)
         self.dim = int(manifest["dim"])
         described = store._call(f"describing {self.name}", lambda c, **kw: c.describe_collection(self.name, **kw))
         schema = CollectionSchema.construct_from_dict(described)
+        remote = config.remote
+        self._s3: Any = None
+        self._staged: list[str] = []  # object keys uploaded and not removed yet (remote staging)
+        self._upload_error: BaseException | None = None
+        if remote is not None:
+            self._s3 = remote.client()
+            self._check_bucket(remote)
         try:
             config.staging_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = LocalBulkWriter(
-                schema=schema, local_path=str(config.staging_dir), chunk_size=2**62, file_type=BulkFileType.PARQUET
-            )
+            if remote is None:
+                self._writer = LocalBulkWriter(
+                    schema=schema, local_path=str(config.staging_dir), chunk_size=2**62,
+                    file_type=BulkFileType.PARQUET,
+                )
+                self._local_dir = Path(self._writer.data_path)
+            else:
+                connect = RemoteBulkWriter.S3ConnectParam(
+                    bucket_name=remote.bucket, endpoint=remote.endpoint, access_key=remote.access_key,
+                    secret_key=remote.secret_key, secure=remote.secure, http_client=remote.http_client(),
+                )
+                self._writer = RemoteBulkWriter(
+                    schema=schema, remote_path=remote.prefix, connect_param=connect, chunk_size=2**62,
+                    file_type=BulkFileType.PARQUET, local_path=str(config.staging_dir),
+                )
+                self._local_dir = Path(LocalBulkWriter.data_path.fget(self._writer))  # type: ignore[attr-defined]
+                self._hook_upload()
         except OSError as exc:
             raise BulkImportError(f"cannot stage bulk-import files in {config.staging_dir}: {exc}") from exc
         self._ids: list[int] = []
@@ -145,7 +214,46 @@ class BulkImporter:
 
     def _cleanup(self) -> None:
         with contextlib.suppress(OSError):
-            shutil.rmtree(self._writer.data_path, ignore_errors=True)
+            shutil.rmtree(self._local_dir, ignore_errors=True)
+        self._remove_objects()
+
+    # -- object-store staging -------------------------------------------------------------------
+    def _check_bucket(self, remote: S3Staging) -> None:
+        """The endpoint answers and the bucket exists, before anything is deleted or written."""
+        try:
+            exists = self._s3.bucket_exists(remote.bucket)
+        except Exception as exc:  # noqa: BLE001 - urllib3 (unreachable) or S3 (credentials) errors alike
+            raise BulkImportError(f"cannot reach the bulk-import bucket {remote.where}: {exc}") from exc
+        if not exists:
+            raise BulkImportError(
+                f"the bulk-import bucket {remote.where} does not exist; EMBEDSVC_BULK_S3_BUCKET must be the Milvus "
+                "server's own bucket (minio.bucketName of its config), which it reads import files from"
+            )
+
+    def _hook_upload(self) -> None:
+        """``RemoteBulkWriter`` uploads in its flush thread, where an error is only logged: record it instead, so
+        that ``_import_buffer`` raises it (nothing is deleted or imported then)."""
+        upload = self._writer._upload
+
+        def recording_upload(file_list: list[str]) -> Any:
+            try:
+                return upload(file_list)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by _import_buffer, in the caller's thread
+                self._upload_error = exc
+                return None
+
+        self._writer._upload = recording_upload
+
+    def _remove_objects(self) -> None:
+        if self._s3 is None or self.config.remote is None:
+            return
+        keys, self._staged = self._staged, []
+        for key in keys:
+            try:
+                self._s3.remove_object(self.config.remote.bucket, key)
+            except Exception as exc:  # noqa: BLE001 - best effort: an import never depends on it
+                log.warning("could not remove staged bulk-import object %s from %s: %s", key,
+                            self.config.remote.where, exc)
 
     # -- one file, one job ----------------------------------------------------------------------
     def _import_buffer(self) -> None:
@@ -154,13 +262,25 @@ class BulkImporter:
         self._file_limit = 2**62  # after the first (small) file only ``file_bytes`` cuts files
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate ids within one bulk import")
+        batches = len(self._writer.batch_files)
         self._writer.commit()
-        files = [Path(f) for f in self._writer.batch_files[-1]]
+        remote = self.config.remote
+        if remote is not None:
+            error, self._upload_error = self._upload_error, None
+            if error is not None or len(self._writer.batch_files) != batches + 1:
+                raise BulkImportError(
+                    f"uploading bulk-import files to {remote.where} failed: {error or 'no file was uploaded'}"
+                ) from error
+            server_files = [str(key) for key in self._writer.batch_files[-1]]  # keys in the server's own bucket
+            self._staged += server_files
+            files: list[Path] = []
+        else:
+            files = [Path(f) for f in self._writer.batch_files[-1]]
+            server_files = [self.config.server_path(f) for f in files]
         deadline = start + self.config.timeout_s
         self._wait_idle(deadline)
         previous = self.store.get_rows(self.index, self.model_key, ids, with_vectors=True)  # put back if refused
         self.store.delete(self.index, self.model_key, ids)  # an import inserts: no id may be stored twice
-        server_files = [self.config.server_path(f) for f in files]
         try:
             task = self.store._call(
                 f"starting a bulk import into {self.name}",
@@ -173,6 +293,7 @@ class BulkImporter:
         self._verify(ids, deadline)
         for f in files:
             f.unlink(missing_ok=True)
+        self._remove_objects()
         self.imported += len(ids)
         self.jobs += 1
         self.seconds += time.monotonic() - start
@@ -205,10 +326,20 @@ class BulkImporter:
                 return
             if state.state in _FAILED:
                 reason = state.infos.get("failed_reason") or state.state_name
+                remote = self.config.remote
+                if remote is not None:
+                    where = (
+                        f"the server reads the uploaded files from its own object storage, so {remote.where} must be "
+                        "its bucket (minio.bucketName of its config); see EMBEDSVC_BULK_S3_BUCKET"
+                    )
+                else:
+                    where = (
+                        f"the server must read the staged files at {self.config.server_dir or self.config.staging_dir}"
+                        "; see EMBEDSVC_BULK_SERVER_DIR"
+                    )
                 raise JobRefusedError(
-                    f"bulk import job {task} into {self.name} failed: {reason} (the server must read the staged files "
-                    f"at {self.config.server_dir or self.config.staging_dir}; see EMBEDSVC_BULK_SERVER_DIR); the "
-                    "rows those ids had before are kept"
+                    f"bulk import job {task} into {self.name} failed: {reason} ({where}); the rows those ids had "
+                    "before are kept"
                 )
             if time.monotonic() > deadline:
                 raise BulkImportError(
