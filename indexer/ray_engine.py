@@ -59,6 +59,7 @@ class RayEngineError(EmbedsvcError):
 
     code = "ray_engine_failed"
     http_status = 503
+    public_message = "the Ray engine is unavailable or its run failed (details are in the server log)"
 
 
 @dataclass(frozen=True)

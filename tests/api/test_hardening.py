@@ -346,10 +346,16 @@ def _subclasses(cls: type) -> list[type]:
 
 def test_every_product_error_names_its_code_and_status() -> None:
     """No product error falls back to the root's placeholder code: the one handler can map them all."""
-    import embedsvc.client
-    import embedsvc.indexer.runner
-    import embedsvc.main  # noqa: F401  (imports the API, jobs, search, store and images)
+    import importlib
+    import pkgutil
+
+    import embedsvc
+    import embedsvc.indexer
     from embedsvc.core.errors import EmbedsvcError
+
+    for package in (embedsvc, embedsvc.indexer):  # every module, so that every error class is defined
+        for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            importlib.import_module(module.name)
     from embedsvc.images import ImageDecodeError
 
     classes = [c for c in _subclasses(EmbedsvcError) if c.__module__ != "embedsvc.client"]  # client side
