@@ -28,7 +28,7 @@ lint: install
 
 test: install browser-deps
 	$(BIN)/ruff check embedsvc indexer webui tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Other ports: make demo DEMO_ARGS="--api-port 8010 --ui-port 8511" (or EMBEDSVC_DEMO_API_PORT / _UI_PORT).
 DEMO_ARGS ?=
