@@ -106,6 +106,17 @@ def _run(cmd: list[str], what: str) -> None:
         )
 
 
+def _terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM a helper process (moto, the port forwarder), then SIGKILL what is still there after 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 class MilvusTestServer:
     """Start/stop one Milvus 2.3.5 standalone server in its own network namespace.
 
@@ -184,22 +195,10 @@ class MilvusTestServer:
                     proc.wait(timeout=10)
         if self._moto is not None:
             moto, self._moto = self._moto, None
-            if moto.poll() is None:
-                moto.terminate()
-                try:
-                    moto.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    moto.kill()
-                    moto.wait(timeout=5)
+            _terminate(moto)
         if self._forwarder is not None:
             fwd, self._forwarder = self._forwarder, None
-            if fwd.poll() is None:
-                fwd.terminate()
-                try:
-                    fwd.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    fwd.kill()
-                    fwd.wait(timeout=5)
+            _terminate(fwd)
             if fwd.stdout:
                 fwd.stdout.close()
             if fwd.stdin:

@@ -5,6 +5,7 @@ shared by the whole package (creating collections is slow on a server)."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,13 +87,25 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield s
 
 
-@pytest.fixture
-def index(store: Store) -> Iterator[str]:
-    """A unique index name, dropped afterwards."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def fresh_index(store: Store, prefix: str) -> Iterator[str]:
+    """A unique index name in ``store``, dropped afterwards (the ``index`` fixtures of the store tests)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     yield name
     if store.models_of(name):
         store.drop_index(name)
+
+
+def stored_by_id(store: Store, index: str, key: str, rows: list[dict]) -> dict[int, dict]:
+    """id -> stored row (with its vector) for the ids of ``rows`` that ``store`` holds."""
+    return {r["id"]: r for r in store.get_rows(index, key, [r["id"] for r in rows], with_vectors=True)}
+
+
+@pytest.fixture
+def index(store: Store) -> Iterator[str]:
+    """A unique index name, dropped afterwards."""
+    with fresh_index(store, "t") as name:
+        yield name
 
 
 def fill(store: Store, index: str) -> tuple[str, list[dict]]:

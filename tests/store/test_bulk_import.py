@@ -4,7 +4,6 @@ same ids again leaves exactly one row per id. Milvus Lite refuses a forced bulk 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from embedsvc.indexer.plan import RunPlan
 from embedsvc.indexer.writer import DEFAULT_BULK_THRESHOLD, StoreWriter, bulk_models, rows_to_write
 from embedsvc.store import Store
 from embedsvc.store.bulk import BulkConfig, BulkImporter, BulkImportError, BulkImportUnsupportedError
-from tests.store.conftest import make_rows, manifest
+from tests.store.conftest import fresh_index, make_rows, manifest, stored_by_id
 from tests.support import write_images
 
 
@@ -31,14 +30,8 @@ def server_store(milvus_server_uri: str) -> Iterator[Store]:
 
 @pytest.fixture
 def index(server_store: Store) -> Iterator[str]:
-    name = f"bulk-{uuid.uuid4().hex[:8]}"
-    yield name
-    if server_store.models_of(name):
-        server_store.drop_index(name)
-
-
-def stored(store: Store, index: str, key: str, rows: list[dict]) -> dict[int, dict]:
-    return {r["id"]: r for r in store.get_rows(index, key, [r["id"] for r in rows], with_vectors=True)}
+    with fresh_index(server_store, "bulk") as name:
+        yield name
 
 
 @pytest.mark.integration
@@ -64,7 +57,7 @@ def test_switch_imports_past_threshold_verifies_and_rerun_does_not_duplicate(
     assert writer.written == {"big": 30, "small": 3}
     assert writer.importers["big"].jobs == 1 and "small" not in writer.importers
     assert server_store.count(index, "big") == 30 and server_store.count(index, "small") == 3
-    got = stored(server_store, index, "big", big)
+    got = stored_by_id(server_store, index, "big", big)
     for row in big:
         assert got[row["id"]]["content_hash"] == row["content_hash"]
         np.testing.assert_array_equal(got[row["id"]]["vector"], row["vector"])
@@ -86,7 +79,7 @@ def test_switch_imports_past_threshold_verifies_and_rerun_does_not_duplicate(
     again.close()
     assert again.written == {"big": 20} and again.importers["big"].jobs == 1
     assert server_store.count(index, "big") == 30  # count(*) counts duplicate ids: there are none
-    got = stored(server_store, index, "big", big)
+    got = stored_by_id(server_store, index, "big", big)
     for row in changed + big[10:]:  # the rerun's rows, and the killed run's job's (from the export) for the rest
         assert got[row["id"]]["content_hash"] == row["content_hash"]
         np.testing.assert_array_equal(got[row["id"]]["vector"], row["vector"])
@@ -110,7 +103,7 @@ def test_unreadable_staging_fails_with_the_servers_reason(server_store: Store, i
     assert 10 < rows.index(row) < 39  # the file was cut by size before the last row
     importer.abort()
     assert server_store.count(index, "m") == len(before)
-    got = stored(server_store, index, "m", before)
+    got = stored_by_id(server_store, index, "m", before)
     for row in before:
         np.testing.assert_array_equal(got[row["id"]]["vector"], row["vector"])
         assert got[row["id"]]["content_hash"] == row["content_hash"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from embedsvc.indexer.writer import StoreWriter, bulk_models
 from embedsvc.store import Store
 from embedsvc.store.bulk import BulkConfig, BulkImporter, BulkImportError, JobRefusedError, S3Staging
 from tests.milvus_server import MilvusHarnessError, MilvusTestServer
-from tests.store.conftest import make_rows, manifest
+from tests.store.conftest import fresh_index, make_rows, manifest, stored_by_id
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +50,8 @@ def server_store(s3_server: MilvusTestServer) -> Iterator[Store]:
 
 @pytest.fixture
 def index(server_store: Store) -> Iterator[str]:
-    name = f"s3-{uuid.uuid4().hex[:8]}"
-    yield name
-    if server_store.models_of(name):
-        server_store.drop_index(name)
+    with fresh_index(server_store, "s3") as name:
+        yield name
 
 
 def staging(server: MilvusTestServer, bucket: str | None = None, endpoint: str | None = None) -> S3Staging:
@@ -71,10 +68,6 @@ def staged_objects(server: MilvusTestServer, bucket: str | None = None) -> list[
     client = staging(server, bucket).client()
     return [o.object_name for o in client.list_objects(bucket or server.s3_bucket, prefix="embedsvc-bulk/",
                                                        recursive=True)]
-
-
-def stored(store: Store, index: str, key: str, rows: list[dict]) -> dict[int, dict]:
-    return {r["id"]: r for r in store.get_rows(index, key, [r["id"] for r in rows], with_vectors=True)}
 
 
 def test_bucket_needs_an_endpoint() -> None:
@@ -109,7 +102,7 @@ def test_s3_import_reads_from_the_bucket_verifies_and_rerun_does_not_duplicate(
     writer.close()
     assert writer.written == {"big": 30} and writer.importers["big"].jobs == 1
     assert server_store.count(index, "big") == 30
-    got = stored(server_store, index, "big", rows)
+    got = stored_by_id(server_store, index, "big", rows)
     for row in rows:
         assert got[row["id"]]["content_hash"] == row["content_hash"]
         np.testing.assert_array_equal(got[row["id"]]["vector"], row["vector"])
@@ -129,7 +122,7 @@ def test_s3_import_reads_from_the_bucket_verifies_and_rerun_does_not_duplicate(
     again.close()
     assert again.written == {"big": 20} and again.importers["big"].jobs == 1
     assert server_store.count(index, "big") == 30  # count(*) counts duplicate ids: there are none
-    got = stored(server_store, index, "big", rows)
+    got = stored_by_id(server_store, index, "big", rows)
     for row in changed + rows[10:]:
         assert got[row["id"]]["content_hash"] == row["content_hash"]
         np.testing.assert_array_equal(got[row["id"]]["vector"], row["vector"])
@@ -168,7 +161,7 @@ def test_s3_missing_bucket_dead_endpoint_and_failed_upload(
                        r"doesn't exist"):
         importer.close()
     importer.abort()
-    assert server_store.count(index, "m") == 4 and stored(server_store, index, "m", before)[before[0]["id"]][
+    assert server_store.count(index, "m") == 4 and stored_by_id(server_store, index, "m", before)[before[0]["id"]][
         "content_hash"] == before[0]["content_hash"]
     assert not any((tmp_path / "st").rglob("*.parquet"))
 
@@ -205,7 +198,7 @@ def test_s3_job_on_another_bucket_fails_and_keeps_the_previous_rows(
     importer.abort()
     assert not staged_objects(s3_server, "other-bucket")
     assert server_store.count(index, "m") == len(before)
-    got = stored(server_store, index, "m", before)
+    got = stored_by_id(server_store, index, "m", before)
     for row in before:
         np.testing.assert_array_equal(got[row["id"]]["vector"], row["vector"])
         assert got[row["id"]]["content_hash"] == row["content_hash"]
