@@ -2,7 +2,9 @@
 
 ``slow_forwards`` is a Ray ``worker_process_setup_hook``: in each worker, every forward first sleeps the
 seconds written in the file that ``$EMBEDSVC_TEST_FORWARD_DELAY_FILE`` names (0 when it is absent or
-empty), so one test can slow a module's Ray down and the next speed it up again.
+empty), so one test can slow a module's Ray down and the next speed it up again. ``"SECONDS HOLD"`` also
+holds every forward after a worker's first HOLD until the file changes: a run that is killed while held
+has certainly written only part of its rows, however late its writes land.
 
 ``python tests/indexer/ray_slow.py index folder ... --engine ray``: the real CLI, whose own local Ray
 gets that hook. Nothing else changes: same settings, same pipeline, same store.
@@ -30,11 +32,13 @@ def runtime_env(delay_file: Path | str) -> dict[str, Any]:
     }
 
 
-def _delay(path: str) -> float:
+def _delay(path: str) -> tuple[float, int | None]:
+    """(seconds per forward, forwards per worker before the rest are held; None: never held)."""
     try:
-        return float(Path(path).read_text().strip() or 0)
+        seconds, *hold = Path(path).read_text().split() or ["0"]
+        return float(seconds), int(hold[0]) if hold else None
     except (OSError, ValueError):
-        return 0.0
+        return 0.0, None
 
 
 def slow_forwards() -> None:
@@ -50,9 +54,16 @@ def slow_forwards() -> None:
 
 def _patch(module: Any, path: str) -> None:
     original = module.Embedder.embed
+    calls = 0
 
     def slow_embed(self: Any, batch: Any) -> Any:
-        time.sleep(_delay(path))
+        nonlocal calls
+        calls += 1
+        seconds, hold = _delay(path)
+        while hold is not None and calls > hold:
+            time.sleep(0.2)
+            seconds, hold = _delay(path)
+        time.sleep(seconds)
         return original(self, batch)
 
     module.Embedder.embed = slow_embed

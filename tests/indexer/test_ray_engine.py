@@ -160,7 +160,7 @@ def test_driver_sigkill_mid_run_then_rerun_resumes_by_content_hash(
     root, bad = photos
     data = tmp_path / "cli-data"
     delay = tmp_path / "subprocess-delay-s"
-    delay.write_text("1.0")  # 1 s per forward, one file per batch: the run lasts well past the first write
+    delay.write_text("1.0 3")  # 1 s per forward, one file per batch, then held: killed before it can finish
     args = ["index", "folder", str(root), "--name", "r", "--labels-from-dirs", "--batch-size", "1",
             "--data-dir", str(data), "--engine", "ray", *MODEL_FLAGS]
     slow = subprocess.Popen(
