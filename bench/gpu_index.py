@@ -10,7 +10,10 @@ Written to finish in under 4 minutes on one H100/H200 (``--compile-budget`` boun
 3. End to end through the real pipeline (``run_index``: DataLoader decode workers, the default preprocessing,
    the forward, the writer thread into Milvus Lite): per model alone, then the three in one pass; the ratio
    to forward-only, the GPU's busy share in forwards (CUDA events around every forward) and the writer's.
-4. ``/search`` p50 through the app (upload, decode, three forwards at batch 1, three store searches) over
+4. ``--photos`` synthetic 12 MP phone-photo JPEGs (``--photo-size``), the models in one pass, decoded by the
+   workers (reduced-size DCT decode) and then on the device (``--decode device``: nvJPEG in full): where
+   each decoder pays, as images/s side by side.
+5. ``/search`` p50 through the app (upload, decode, three forwards at batch 1, three store searches) over
    ``--rows`` synthetic rows per model in Milvus Lite (inserted in a background thread during step 2).
 
 Each number is printed next to the issue's goal; the Markdown table goes to ``bench/results/gpu_index-<device>.md``
@@ -283,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Largest end-to-end batch: workers x 2 prefetched batches of decoded images live in "
                         "shared memory (/dev/shm).")
     parser.add_argument("--queries", type=int, default=30, help="Timed /search calls.")
+    parser.add_argument("--photos", type=int, default=300, help="12 MP JPEGs for the decoder comparison (0: skip).")
+    parser.add_argument("--photo-size", default="4000x3000")
     parser.add_argument("--results", type=Path, default=None, help="default: bench/results/gpu_index-<device>.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -404,6 +409,29 @@ def main(argv: list[str] | None = None) -> int:
             row("one pass: GPU busy in forwards / wall" if device.type == "cuda" else "one pass: compute / wall",
                 "all", f"{e2e['busy']:.0%}")
             row("one pass: writer busy / wall", "all", f"{e2e['write']:.0%}")
+
+            if args.photos:
+                pw, ph = (int(x) for x in args.photo_size.lower().split("x"))
+                phase(f"writing {args.photos} {args.photo_size} JPEGs")
+                photos = work / "photos"
+                write_jpegs(photos, args.photos, (pw, ph), processes=max(1, min(16, workers)))
+                photo_source = folder_source(photos)
+                rates = {}
+                for decoder in ("worker", "device"):
+                    phase(f"{args.photo_size} photos, all models in one pass, --decode {decoder}")
+                    for emb in embedders.values():
+                        emb.decoder = decoder
+                    try:
+                        rates[decoder] = end_to_end(photo_source, dict(embedders), store, settings,
+                                                    f"photos-{decoder}", workers)
+                    finally:
+                        for emb in embedders.values():
+                            emb.decoder = "worker"
+                    row(f"{args.photo_size} photos, one pass, --decode {decoder}: im/s", "all",
+                        f"{rates[decoder]['rate']:,.0f} (busy {rates[decoder]['busy']:.0%}; "
+                        f"{rates[decoder]['wall']:.1f} s)")
+                row(f"{args.photo_size} photos: --decode device / worker", "all",
+                    f"{rates['device']['rate'] / rates['worker']['rate']:.2f}")
 
         phase("/search")
         search_settings = base.model_copy(update={"milvus_uri": str(search_db)})

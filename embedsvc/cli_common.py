@@ -59,6 +59,17 @@ PREPROCESS = Annotated[
         help="Preprocessing of new vectors: fast (default) or exact (timm). Per index.",
     ),
 ]
+#: where indexing decodes (``Settings.decode``), as click choices
+DecodeWhere = enum.StrEnum(  # type: ignore[misc]
+    "DecodeWhere", {v: v for v in get_args(Settings.model_fields["decode"].annotation)}
+)
+DECODE = Annotated[
+    DecodeWhere | None,
+    typer.Option(
+        "--decode",
+        help="worker (default), or device: JPEGs decode in full on the models' device (nvJPEG on a GPU).",
+    ),
+]
 #: the settings' forward precisions (``Settings.precision``; ``models.precision`` decides what auto means)
 PrecisionChoice = enum.StrEnum(  # type: ignore[misc]
     "PrecisionChoice", {v: v for v in get_args(Settings.model_fields["precision"].annotation)}
@@ -315,6 +326,7 @@ def apply_overrides(
     preprocess: str | None = None,
     precision: str | None = None,
     compile: bool | None = None,
+    decode: str | None = None,
 ) -> Settings:
     """Settings from env/.env with the command line's flags on top (flags win)."""
     base = get_settings()
@@ -337,4 +349,6 @@ def apply_overrides(
         update["precision"] = str(precision)
     if compile is not None:
         update["compile"] = compile
+    if decode:
+        update["decode"] = str(decode)
     return Settings(**(base.model_dump() | update)) if update else base

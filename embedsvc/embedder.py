@@ -134,6 +134,8 @@ class Embedder:
     gate: ForwardGate = field(default=FORWARD_GATE, repr=False)
     #: the preprocessing path of the vectors this embedder writes (settings ``preprocess``); queries follow the index's
     preprocess_path: transforms.PreprocessPath = transforms.DEFAULT_PREPROCESS
+    #: where an index run decodes for it (settings ``decode``): the read stage's workers, or its device
+    decoder: str = "worker"
 
     def __post_init__(self) -> None:
         self.transform = transforms.eval_transform(self.data_config)
@@ -246,7 +248,8 @@ class Embedder:
             "normalize": self.normalize,
             "weights": self.provenance.to_dict(),
             "preprocessing": transforms.describe(
-                self.data_config, path or self.preprocess_path, decode_short_side or self.decode_short_side
+                self.data_config, path or self.preprocess_path, decode_short_side or self.decode_short_side,
+                self.decoder,
             ),
             "precision": self.precision,  # recorded, never an incompatibility (manifest.py says why)
             "code_version": __version__,
@@ -350,6 +353,7 @@ def load_embedder(
     normalize = settings.normalize if normalize is None else normalize
     embedder = Embedder(spec, model, provenance, data_config, torch_device, normalize, resolved_precision)
     embedder.preprocess_path = settings.preprocess  # the path of the vectors it writes (queries follow their index)
+    embedder.decoder = settings.decode
     if settings.compile if compile is None else compile:
         compile_forward(embedder)
     log.info("loaded %s (%s) on %s, %s%s: %s", spec.key, spec.model_name, torch_device, resolved_precision,

@@ -6,9 +6,11 @@ half-decoded image that would become a silent garbage embedding.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -106,6 +108,87 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+@contextlib.contextmanager
+def _decode_errors(name: str) -> Iterator[None]:
+    """Pillow's and the codecs' exceptions as the :class:`ImageDecodeError` reasons every caller reports."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; we enforce our own limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(name, "not_an_image", "not a recognised image format") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(name, "too_many_pixels", f"decompression bomb refused ({exc})") from exc
+    except OSError as exc:
+        msg = str(exc)
+        reason = "truncated" if "truncated" in msg.lower() or "premature" in msg.lower() else "corrupt"
+        raise ImageDecodeError(name, reason, f"cannot decode image data ({msg})") from exc
+    except (ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError(name, "corrupt", f"cannot decode image data ({exc})") from exc
+
+
+def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Open ``data`` (header only) and apply the limits: empty, format, pixel count; the first frame."""
+    if len(data) == 0:
+        raise ImageDecodeError(name, "empty", "zero-byte file, not an image")
+    img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            name,
+            "too_many_pixels",
+            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+            "(decompression bomb protection)",
+        )
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    return img
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1-8); 1 where there is none or the EXIF block is malformed."""
+    try:
+        value = int(img.getexif().get(0x0112) or 1)
+    except Exception:  # a malformed EXIF block must not lose an otherwise good image
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    """What a file's header says, without decoding its pixels: enough to hand a JPEG to another decoder."""
+
+    source_format: str
+    mode: str
+    width: int  # upright (EXIF orientation applied), as ``DecodedImage`` reports it
+    height: int
+    orientation: int  # EXIF 1-8: what a decoder that ignores EXIF must still apply
+    complete: bool  # the data ends with the JPEG end-of-image marker (a truncated file does not)
+
+    @property
+    def plain_jpeg(self) -> bool:
+        """A whole baseline-style JPEG in RGB/YCbCr or grey: what GPU decoders (nvJPEG) take as is.
+        Anything else (CMYK, truncated, trailing data) is left to :func:`decode_image`."""
+        return self.source_format == "JPEG" and self.mode in ("RGB", "L") and self.complete
+
+
+def probe_image(data: bytes, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageProbe:
+    """The header checks of :func:`decode_image` (empty, format, pixel limit), without decoding."""
+    name = name or "<upload>"
+    with _decode_errors(name):
+        img = _open_checked(data, name, max_pixels)
+    orientation = _orientation(img)
+    width, height = img.size
+    full_w, full_h = (height, width) if orientation in _SWAPS_AXES else (width, height)
+    return ImageProbe(
+        source_format=img.format or "unknown", mode=img.mode, width=full_w, height=full_h, orientation=orientation,
+        complete=data.endswith(b"\xff\xd9"),
+    )
+
+
 def decode_image(
     data: bytes | Path | str,
     *,
@@ -131,41 +214,15 @@ def decode_image(
         except OSError as exc:
             raise ImageDecodeError(name, "unreadable", f"cannot read file ({exc.strerror or exc})") from exc
     name = name or "<upload>"
-    if len(data) == 0:
-        raise ImageDecodeError(name, "empty", "zero-byte file, not an image")
+    with _decode_errors(name):
+        img = _open_checked(data, name, max_pixels)
+        fmt = img.format or "unknown"
+        width, height = img.size
+        if min_short_side:
+            _reduced_decode(img, min_short_side)
+        img.load()
+    orientation = _orientation(img)
     try:
-        with warnings.catch_warnings():
-            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; we enforce our own limit.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            fmt = img.format or "unknown"
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    name,
-                    "too_many_pixels",
-                    f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
-                    "(decompression bomb protection)",
-                )
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            if min_short_side:
-                _reduced_decode(img, min_short_side)
-            img.load()
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(name, "not_an_image", "not a recognised image format") from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(name, "too_many_pixels", f"decompression bomb refused ({exc})") from exc
-    except OSError as exc:
-        msg = str(exc)
-        reason = "truncated" if "truncated" in msg.lower() or "premature" in msg.lower() else "corrupt"
-        raise ImageDecodeError(name, reason, f"cannot decode image data ({msg})") from exc
-    except (ValueError, SyntaxError, EOFError) as exc:
-        raise ImageDecodeError(name, "corrupt", f"cannot decode image data ({exc})") from exc
-    try:
-        orientation = int(img.getexif().get(0x0112) or 1)
         upright = ImageOps.exif_transpose(img)
     except Exception:  # a malformed EXIF block must not lose an otherwise good image
         orientation, upright = 1, img

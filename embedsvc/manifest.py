@@ -133,7 +133,7 @@ def _same_path(a: str, b: str) -> bool:
 #: The preprocessing path of a stored record that names none: every index made before the fast path.
 UNRECORDED_PREPROCESS_PATH = "exact"
 #: Facts in a preprocessing record that describe how a run decoded, not whether vectors are comparable.
-_PREPROCESSING_FACTS = ("decode_short_side",)
+_PREPROCESSING_FACTS = ("decode_short_side", "decoder")
 
 
 def _comparable_preprocessing(record: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from embedsvc.cli_common import (
     ALLOW_RANDOM,
     COMPILE,
     DATA_DIR,
+    DECODE,
     DEVICE,
     MILVUS_URI,
     MODELS,
@@ -290,6 +291,7 @@ def folder_cmd(
     ray_cpus_per_actor: RAY_ACTOR_CPUS = None,
     data_dir: DATA_DIR = None,
     preprocess: PREPROCESS = None,
+    decode: DECODE = None,
     precision: PRECISION = None,
     compile_model: COMPILE = None,
 ) -> None:
@@ -304,6 +306,7 @@ def folder_cmd(
         milvus_uri=milvus_uri,
         data_dir=data_dir,
         preprocess=preprocess,
+        decode=decode,
         precision=precision,
         compile=compile_model,
     )
@@ -366,6 +369,7 @@ def imagenet_val_cmd(
     ray_cpus_per_actor: RAY_ACTOR_CPUS = None,
     data_dir: DATA_DIR = None,
     preprocess: PREPROCESS = None,
+    decode: DECODE = None,
     precision: PRECISION = None,
     compile_model: COMPILE = None,
 ) -> None:
@@ -380,6 +384,7 @@ def imagenet_val_cmd(
         milvus_uri=milvus_uri,
         data_dir=data_dir,
         preprocess=preprocess,
+        decode=decode,
         precision=precision,
         compile=compile_model,
     )

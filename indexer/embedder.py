@@ -17,7 +17,10 @@ from embedsvc.embedder import Embedder
 from embedsvc.indexer.reader import ReadBatch
 from embedsvc.models.transforms import decode_short_side
 
-__all__ = ["ComputeTimer", "decode_short_side_of", "embed_batch", "model_inputs", "transforms_of"]
+__all__ = [
+    "ComputeTimer", "decode_device", "decode_short_side_of", "decoder_of", "embed_batch", "model_inputs",
+    "transforms_of",
+]
 
 
 @dataclass
@@ -40,15 +43,28 @@ def transforms_of(embedders: Mapping[str, Embedder]) -> dict[str, object]:
     """Each model's preprocessing for the read stage, picklable (never the bound model); see ``reader``.
 
     ``exact``: timm's PIL transform. ``fast``: the tensor transform, run in the worker for a model on the
-    CPU, or None for a model on an accelerator (it preprocesses the shared uint8 image on its device).
+    CPU, or None for a model on an accelerator, or for any model when images decode on its device
+    (``decoder_of``): it preprocesses the shared uint8 image on its device.
     """
     out: dict[str, object] = {}
+    on_device = decoder_of(embedders) == "device"
     for key, emb in embedders.items():
         if getattr(emb, "preprocess_path", "exact") == "exact":
             out[key] = getattr(emb, "transform", None) or emb.preprocess
         else:
-            out[key] = emb.fast_transform if emb.device.type == "cpu" else None
+            out[key] = emb.fast_transform if emb.device.type == "cpu" and not on_device else None
     return out
+
+
+def decoder_of(embedders: Mapping[str, Embedder]) -> str:
+    """Where the run decodes (settings ``decode``, via each embedder): ``device`` only when every model says so."""
+    decoders = {getattr(emb, "decoder", "worker") for emb in embedders.values()}
+    return "device" if decoders == {"device"} else "worker"
+
+
+def decode_device(embedders: Mapping[str, Embedder]) -> torch.device:
+    """The device images decode on with ``decoder="device"``: the first model's (a run's models share one)."""
+    return next(iter(embedders.values())).device
 
 
 def decode_short_side_of(embedders: Mapping[str, Embedder]) -> int | None:

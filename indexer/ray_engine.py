@@ -34,8 +34,8 @@ from embedsvc.core.config import Settings
 from embedsvc.core.errors import EmbedsvcError
 from embedsvc.embedder import Embedder
 from embedsvc.indexer.datasets import DatasetSource
-from embedsvc.indexer.embedder import ComputeTimer, decode_short_side_of, transforms_of
-from embedsvc.indexer.plan import RunPlan, plan_run
+from embedsvc.indexer.embedder import ComputeTimer, decode_short_side_of, decoder_of, transforms_of
+from embedsvc.indexer.plan import IndexerError, RunPlan, plan_run
 from embedsvc.indexer.ray_stages import EmbedActor, col, plan_blocks, read_stage, vector_of
 from embedsvc.indexer.reader import ReadBatch, ReadResult
 from embedsvc.indexer.report import IndexSummary, ProgressUpdate, strict_error
@@ -370,6 +370,9 @@ def run_index_ray(
     start = time.perf_counter()
     options = options or RayOptions()
     batch_size = check_run(index_name, embedders, batch_size, settings)
+    if decoder_of(embedders) == "device":
+        raise IndexerError("--decode device runs with --engine local; Ray's read tasks decode on their CPUs "
+                           "(use --decode worker)")
     keys = list(embedders)
     total = len(source.items)
     timer = ActorTimer()

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from embedsvc.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from embedsvc.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, probe_image
 from embedsvc.indexer.listing import EntryRefused, read_regular_file
 from embedsvc.models.transforms import FastEvalTransform, decode_short_side, to_uint8_tensor
 from embedsvc.paths import stored_rel_path
@@ -32,6 +33,8 @@ from embedsvc.paths import stored_rel_path
 log = logging.getLogger(__name__)
 
 Transform = Callable[[Any], torch.Tensor]
+#: where a run's images are decoded (settings ``decode``): DataLoader workers, or the models' device
+Decoder = Literal["worker", "device"]
 #: None: the model preprocesses the shared uint8 image itself, on its device (see the module docstring)
 ModelTransform = Transform | FastEvalTransform | None
 
@@ -55,6 +58,7 @@ class ReadResult:
     height: int = 0
     needed: tuple[str, ...] = ()  # models that get a new vector for this file
     error: tuple[str, str] | None = None  # (reason, detail)
+    orientation: int = 1  # EXIF orientation still to apply to an image left encoded (``decoder="device"``)
 
     @property
     def unchanged(self) -> bool:
@@ -73,6 +77,7 @@ class ImageReadDataset(Dataset):
         known: Mapping[str, Mapping[int, str]] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         decode_short_side: int | None = None,
+        decoder: Decoder = "worker",
     ) -> None:
         self.root = Path(root).resolve()  # the entry policy compares real paths
         self.rel_paths = list(rel_paths)
@@ -83,12 +88,15 @@ class ImageReadDataset(Dataset):
         fast = [t for t in self.transforms.values() if t is None or isinstance(t, FastEvalTransform)]
         if fast and len(fast) != len(self.transforms):
             raise ValueError("one run uses one preprocessing path: got both exact and fast transforms")
-        if fast and decode_short_side is None:
+        self.decoder: Decoder = decoder
+        if decoder == "device" and (not fast or any(t is not None for t in fast)):
+            raise ValueError("decoder='device' needs every model to preprocess on its device (the fast path)")
+        if fast and decode_short_side is None and decoder == "worker":
             if any(t is None for t in fast):
                 raise ValueError("decode_short_side is required when a model preprocesses on its device")
             decode_short_side = decode_short_side_of(fast)  # type: ignore[arg-type]
-        # the fast path's reduced decode (None: the exact path decodes in full)
-        self.decode_short_side = decode_short_side if fast else None
+        # the fast path's reduced decode (None: the exact path, and decoding on the device, decode in full)
+        self.decode_short_side = decode_short_side if fast and decoder == "worker" else None
 
     def __len__(self) -> int:
         return len(self.rel_paths)
@@ -107,6 +115,8 @@ class ImageReadDataset(Dataset):
         result = ReadResult(position, content_hash=digest, needed=needed)
         if not needed:
             return result, {}
+        if self.decoder == "device":
+            return self._leave_encoded(data, rel, result)
         try:
             decoded = decode_image(
                 data, name=stored_rel_path(rel), max_pixels=self.max_pixels, min_short_side=self.decode_short_side
@@ -134,9 +144,26 @@ class ImageReadDataset(Dataset):
                 return result, {}
         return result, tensors
 
+    def _leave_encoded(self, data: bytes, rel: str, result: ReadResult) -> tuple[ReadResult, dict[str, torch.Tensor]]:
+        """``decoder="device"``: a plain JPEG's bytes, checked but encoded; anything else decoded here in full."""
+        name = stored_rel_path(rel)
+        try:
+            probe = probe_image(data, name=name, max_pixels=self.max_pixels)
+            if probe.plain_jpeg:
+                result.width, result.height, result.orientation = probe.width, probe.height, probe.orientation
+                return result, {ENCODED: torch.frombuffer(bytearray(data), dtype=torch.uint8)}
+            decoded = decode_image(data, name=name, max_pixels=self.max_pixels)
+        except ImageDecodeError as exc:
+            result.error = (exc.reason, exc.detail)
+            return result, {}
+        result.width, result.height = decoded.width, decoded.height
+        return result, {UINT8: to_uint8_tensor(decoded.image)}
+
 
 #: A sample's entry for the shared uint8 image that device-side models preprocess themselves.
 UINT8 = "*uint8"
+#: A sample's entry for a JPEG's bytes, left for ``decode_on_device`` (``decoder="device"``).
+ENCODED = "*jpeg"
 
 
 def decode_short_side_of(fast: Sequence[FastEvalTransform]) -> int:
@@ -158,12 +185,14 @@ class ReadBatch:
     rows: dict[str, list[int]] = field(default_factory=dict)
     # position within this batch -> (3, H, W) uint8, for the models that preprocess on their device
     images: dict[int, torch.Tensor] = field(default_factory=dict)
+    # position within this batch -> a JPEG's bytes (1-D uint8), until ``decode_on_device`` fills ``images``
+    encoded: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def pin_memory(self) -> ReadBatch:
         """Called by the DataLoader's pin-memory thread on CUDA: page-locked tensors copy asynchronously."""
         self.tensors = {k: t.pin_memory() for k, t in self.tensors.items()}
         self.images = {i: t.pin_memory() for i, t in self.images.items()}
-        return self
+        return self  # ``encoded`` stays pageable: nvJPEG parses the bytes on the host
 
 
 def collate(samples: list[tuple[ReadResult, dict[str, torch.Tensor]]]) -> ReadBatch:
@@ -174,17 +203,71 @@ def collate(samples: list[tuple[ReadResult, dict[str, torch.Tensor]]]) -> ReadBa
         if result.error is not None:
             continue
         for key, tensor in tensors.items():
-            if key == UINT8:
-                batch.images[i] = tensor
+            if key in (UINT8, ENCODED):
+                (batch.images if key == UINT8 else batch.encoded)[i] = tensor
                 continue
             per_model.setdefault(key, []).append(tensor)
             batch.rows.setdefault(key, []).append(i)
-        if UINT8 in tensors:  # every needed model without a worker tensor takes the shared image
+        if UINT8 in tensors or ENCODED in tensors:  # every needed model without a worker tensor takes the shared image
             for key in result.needed:
                 if key not in tensors:
                     batch.rows.setdefault(key, []).append(i)
     batch.tensors = {k: torch.stack(v) for k, v in per_model.items()}
     return batch
+
+
+def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """(C, H, W) as Pillow's ``ImageOps.exif_transpose`` turns it for EXIF ``orientation`` (1-8)."""
+    h, w = 1, 2
+    turns = {
+        2: lambda t: t.flip(w),
+        3: lambda t: t.flip(h, w),
+        4: lambda t: t.flip(h),
+        5: lambda t: t.transpose(h, w),
+        6: lambda t: torch.rot90(t, -1, (h, w)),
+        7: lambda t: t.transpose(h, w).flip(h, w),
+        8: lambda t: torch.rot90(t, 1, (h, w)),
+    }
+    return turns[orientation](image) if orientation in turns else image
+
+
+def decode_on_device(batch: ReadBatch, device: torch.device, names: Callable[[int], str]) -> None:
+    """Decode the JPEGs a ``decoder="device"`` worker left encoded into ``batch.images``, on ``device``.
+
+    One batched ``decode_jpeg`` call (nvJPEG on CUDA); when it refuses the batch, each file alone, and a
+    file it refuses alone goes through ``decode_image``, whose error becomes that file's failure (it then
+    leaves ``batch.rows``). ``names(position)`` names a file for those errors.
+    """
+    if not batch.encoded:
+        return
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    positions = list(batch.encoded)
+    data = [batch.encoded.pop(p) for p in positions]
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its codecs for TorchCodec's; decode_jpeg still is the batched nvJPEG call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            decoded: list[torch.Tensor | None] = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            decoded = []
+            for one in data:
+                try:
+                    decoded.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    decoded.append(None)
+    for position, image, raw in zip(positions, decoded, data, strict=True):
+        result = batch.results[position]
+        if image is not None:
+            batch.images[position] = upright(image, result.orientation)
+            continue
+        try:
+            fallback = decode_image(raw.numpy().tobytes(), name=names(result.position))
+        except ImageDecodeError as exc:
+            result.error = (exc.reason, exc.detail)
+            batch.rows = {k: kept for k, rows in batch.rows.items() if (kept := [p for p in rows if p != position])}
+            continue
+        batch.images[position] = to_uint8_tensor(fallback.image).to(device)
 
 
 def make_loader(

@@ -21,9 +21,17 @@ from typing import Any
 from embedsvc.core.config import Settings
 from embedsvc.embedder import Embedder
 from embedsvc.indexer.datasets import DatasetSource
-from embedsvc.indexer.embedder import ComputeTimer, decode_short_side_of, embed_batch, model_inputs, transforms_of
+from embedsvc.indexer.embedder import (
+    ComputeTimer,
+    decode_device,
+    decode_short_side_of,
+    decoder_of,
+    embed_batch,
+    model_inputs,
+    transforms_of,
+)
 from embedsvc.indexer.plan import IndexerError, RunPlan, plan_run, refused_ids
-from embedsvc.indexer.reader import ImageReadDataset, ReadBatch, make_loader
+from embedsvc.indexer.reader import ImageReadDataset, ReadBatch, decode_on_device, make_loader
 from embedsvc.indexer.report import (
     Failure,
     IndexSummary,
@@ -73,6 +81,8 @@ class BatchMapper:
 
     def __call__(self, batch: ReadBatch) -> dict[str, list[dict[str, Any]]]:
         items, ids = self.plan.items, self.plan.ids
+        if batch.encoded:  # decoder="device": first, so a JPEG it cannot decode is counted as failed below
+            decode_on_device(batch, decode_device(self.embedders), lambda position: items[position].stored)
         for result in batch.results:
             if result.error is not None:
                 item = items[result.position]
@@ -167,9 +177,13 @@ def run_index(
     )
     t_plan = time.perf_counter() - start
 
+    if decoder_of(embedders) == "device" and decode_device(embedders).type == "cpu":
+        log.warning("--decode device with the models on the CPU: the model thread decodes, the workers only read; "
+                    "it pays on a GPU (nvJPEG), here --decode worker is faster")
     dataset = ImageReadDataset(
         source.root, [it.rel_path for it in plan.items], plan.ids, transforms_of(embedders), plan.reusable,
         max_pixels=settings.max_image_pixels, decode_short_side=decode_short_side_of(embedders),
+        decoder=decoder_of(embedders),  # type: ignore[arg-type]
     )
     pin = any(getattr(e, "device", None) is not None and e.device.type == "cuda" for e in embedders.values())
     loader = make_loader(dataset, batch_size=batch_size, workers=max(0, workers), pin_memory=pin)

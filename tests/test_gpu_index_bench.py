@@ -25,6 +25,9 @@ ONE_PASS = [
     "one pass: end-to-end / forward-only",
     "one pass: compute / wall",
     "one pass: writer busy / wall",
+    "400x300 photos, one pass, --decode worker: im/s",
+    "400x300 photos, one pass, --decode device: im/s",
+    "400x300 photos: --decode device / worker",
     "/search p50 ms (2 models x 100 rows, Milvus Lite)",
 ]
 
@@ -33,6 +36,7 @@ def test_gpu_bench_smoke_on_cpu(tmp_path: Path) -> None:
     results = tmp_path / "gpu_index-cpu.md"
     args = ["--device", "cpu", "--models", *MODELS, "--images", "12", "--rows", "100", "--input-size", "32",
             "--batch-sizes", "4", "--no-compile", "--workers", "0", "--queries", "3", "--fwd-seconds", "0.05",
+            "--photos", "4", "--photo-size", "400x300",
             "--results", str(results)]
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_index.py"), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=300)

@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         "normalise as tensor ops on its device) or exact (timm's PIL transform). Recorded per index; queries "
         "always use the path their index recorded.",
     )
+    decode: Literal["worker", "device"] = Field(
+        default="worker",
+        description="Where indexing decodes images (fast path): worker (DataLoader workers, reduced-size JPEG "
+        "decode) or device (plain JPEGs decoded in full where the models run: nvJPEG on CUDA; other files in the "
+        "workers). Pays where CPU decode is the bottleneck on a GPU machine; on a CPU model it only moves decode "
+        "into the model's thread. Recorded per index; queries decode as their index did.",
+    )
 
     # --- diagnostics ---------------------------------------------------------------------------
     debug: bool = Field(
@@ -176,7 +183,17 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("preprocess", mode="before")
+    @model_validator(mode="after")
+    def _check_decode(self) -> Settings:
+        """Decoding on the models' device hands them uint8 images: only the fast path preprocesses those."""
+        if self.decode == "device" and self.preprocess != "fast":
+            raise ValueError(
+                f"decode on the device needs the fast preprocessing path, not {self.preprocess!r} "
+                "(use --preprocess fast, or --decode worker)"
+            )
+        return self
+
+    @field_validator("preprocess", "decode", mode="before")
     @classmethod
     def _lower_preprocess(cls, value: object) -> object:
         """``FAST`` and `` fast `` mean fast (the allowed values are checked by the type)."""

@@ -331,13 +331,18 @@ def fast_transform(data_config: dict[str, Any]) -> FastEvalTransform:
 
 
 def describe(
-    data_config: dict[str, Any], path: PreprocessPath = STORED_DEFAULT_PATH, decode_short_side: int | None = None
+    data_config: dict[str, Any],
+    path: PreprocessPath = STORED_DEFAULT_PATH,
+    decode_short_side: int | None = None,
+    decoder: str = "worker",
 ) -> dict[str, Any]:
     """JSON-safe preprocessing record stored in manifests.
 
     ``path`` says which path made the vectors (compared: a mismatch is an incompatibility); the fast
-    path also records ``decode_short_side``, the bound its decode used, so queries decode the same way
-    (not compared: another model set may bound one run's decode differently, the vectors stay comparable).
+    path also records ``decoder`` and ``decode_short_side``, how its decode ran, so queries decode the same
+    way (not compared: another model set may bound one run's decode differently, and a JPEG decoded on the
+    models' device in full is within float rounding of Pillow's full decode; the vectors stay comparable).
+    ``decoder="device"`` decodes in full, so its bound is ``None``.
     """
     record: dict[str, Any] = {
         "input_size": list(data_config["input_size"]),
@@ -349,7 +354,10 @@ def describe(
         "path": path,
     }
     if path == "fast":
-        record["decode_short_side"] = int(decode_short_side or model_decode_short_side(data_config))
+        record["decoder"] = decoder
+        record["decode_short_side"] = (
+            None if decoder == "device" else int(decode_short_side or model_decode_short_side(data_config))
+        )
     return record
 
 
@@ -359,7 +367,10 @@ def recorded_path(record: dict[str, Any] | None) -> PreprocessPath:
     return "fast" if path == "fast" else "exact"
 
 
-def recorded_decode_short_side(record: dict[str, Any] | None, data_config: dict[str, Any]) -> int:
-    """The fast path's decode bound an index recorded (its model's own bound when the record has none)."""
+def recorded_decode_short_side(record: dict[str, Any] | None, data_config: dict[str, Any]) -> int | None:
+    """The fast path's decode bound an index recorded (its model's own bound when the record has none);
+    None where the index decoded in full on the models' device (``decoder: device``)."""
+    if (record or {}).get("decoder") == "device":
+        return None
     value = (record or {}).get("decode_short_side")
     return int(value) if value else model_decode_short_side(data_config)

@@ -39,7 +39,8 @@ def test_index_folder_with_a_named_timm_model(tmp_path: Path, cli_env) -> None:
     assert manifest["preprocessing"] == {  # timm's pretrained cfg, at the 64 px the test asks for
         "input_size": [3, 64, 64], "interpolation": cfg.interpolation, "crop_pct": cfg.crop_pct,
         "crop_mode": cfg.crop_mode, "mean": list(cfg.mean), "std": list(cfg.std),
-        "path": "fast", "decode_short_side": math.ceil(2.5 * int(64 / cfg.crop_pct)),  # fast decode: 2.5x its resize
+        "path": "fast", "decoder": "worker",
+        "decode_short_side": math.ceil(2.5 * int(64 / cfg.crop_pct)),  # fast decode: 2.5x its resize
     }
     assert cfg.interpolation == "bicubic" and cfg.crop_pct == 0.95  # not ours: resnet18.a1's own
     assert manifest["weights"]["trained"] is False and "hf-hub:timm/resnet18.a1_in1k" in manifest["weights"]["reason"]
