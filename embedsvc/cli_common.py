@@ -48,38 +48,33 @@ MILVUS_URI = Annotated[
 DATA_DIR = Annotated[
     str | None, typer.Option("--data-dir", metavar="DIR", help="Lite database, reports and caches go here.")
 ]
-#: the settings' preprocessing paths (``Settings.preprocess``), as click choices
-PreprocessPath = enum.StrEnum(  # type: ignore[misc]
-    "PreprocessPath", {v: v for v in get_args(Settings.model_fields["preprocess"].annotation)}
-)
+def settings_choices(field: str) -> type[enum.StrEnum]:
+    """A ``Literal`` settings field's values as click choices (the settings own the values, the CLI lists them)."""
+    values = get_args(Settings.model_fields[field].annotation)
+    return enum.StrEnum(f"{field.title()}Choice", {v: v for v in values})  # type: ignore[return-value]
+
+
+#: the settings' preprocessing paths (``Settings.preprocess``)
+PreprocessPath = settings_choices("preprocess")
 PREPROCESS = Annotated[
-    PreprocessPath | None,
-    typer.Option(
-        "--preprocess",
-        help="Preprocessing of new vectors: fast (default) or exact (timm). Per index.",
-    ),
+    PreprocessPath | None,  # type: ignore[valid-type]
+    typer.Option("--preprocess", help="Preprocessing of new vectors: fast (default) or exact (timm). Per index."),
 ]
-#: where indexing decodes (``Settings.decode``), as click choices
-DecodeWhere = enum.StrEnum(  # type: ignore[misc]
-    "DecodeWhere", {v: v for v in get_args(Settings.model_fields["decode"].annotation)}
-)
+#: where indexing decodes (``Settings.decode``)
+DecodeWhere = settings_choices("decode")
 DECODE = Annotated[
-    DecodeWhere | None,
+    DecodeWhere | None,  # type: ignore[valid-type]
     typer.Option(
         "--decode",
         help="worker (default), or device: JPEGs decode in full on the models' device (nvJPEG on a GPU).",
     ),
 ]
 #: the settings' forward precisions (``Settings.precision``; ``models.precision`` decides what auto means)
-PrecisionChoice = enum.StrEnum(  # type: ignore[misc]
-    "PrecisionChoice", {v: v for v in get_args(Settings.model_fields["precision"].annotation)}
-)
+PrecisionChoice = settings_choices("precision")
 PRECISION = Annotated[
-    PrecisionChoice | None,
+    PrecisionChoice | None,  # type: ignore[valid-type]
     typer.Option(
-        "--precision",
-        metavar="P",
-        help="auto (bf16 where the hardware has it), fp32, bf16, fp16 (CUDA only).",
+        "--precision", metavar="P", help="auto (bf16 where the hardware has it), fp32, bf16, fp16 (CUDA only)."
     ),
 ]
 COMPILE = Annotated[
