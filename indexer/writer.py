@@ -222,7 +222,8 @@ class StoreWriter:
             self.seconds += time.perf_counter() - start
             self.requests += 1
             self._count(key, len(part))
-        self._since[key] = time.monotonic()
+            # what is left arrived before now: its age restarts no later than this (a put alone never restarts it)
+            self._since[key] = time.monotonic()
 
     def _count(self, key: str, n: int) -> None:
         """``n`` more rows of ``key`` are stored (upserted, or imported and verified)."""

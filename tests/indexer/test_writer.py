@@ -56,6 +56,24 @@ def test_latency_bound_writes_small_batches_early() -> None:
     writer.close()
 
 
+def test_latency_bound_holds_while_rows_keep_arriving() -> None:
+    """Rows put more often than the bound still go out within it: the oldest row's age counts, not the last put's
+    (a kill mid-run then loses at most the bound's worth of work)."""
+    store = FakeStore()
+    writer = StoreWriter(store, "idx", max_latency_s=0.3)
+    start = time.monotonic()
+    for i in range(20):  # 2 s of puts, one every 0.1 s, far below the engine-sized request of 250 rows
+        writer.put("a", rows(i, 1))
+        time.sleep(0.1)
+        if store.calls:
+            break
+    first_write = time.monotonic() - start
+    writer.close()
+    assert store.calls and first_write < 1.0, f"first write after {first_write:.1f} s with a 0.3 s bound"
+    written = [i for _, _, ids in store.calls for i in ids]
+    assert written == list(range(len(written))), "every row once, in order"
+
+
 def test_store_error_surfaces_in_producer() -> None:
     writer = StoreWriter(FakeStore(fail_after=0), "idx", max_latency_s=0.0)
     writer.put("m", rows(0, 3))
