@@ -417,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_jpegs(photos, args.photos, (pw, ph), processes=max(1, min(16, workers)))
                 photo_source = folder_source(photos)
                 rates = {}
+                own = {k: emb.decoder for k, emb in embedders.items()}
                 for decoder in ("worker", "device"):
                     phase(f"{args.photo_size} photos, all models in one pass, --decode {decoder}")
                     for emb in embedders.values():
@@ -425,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                         rates[decoder] = end_to_end(photo_source, dict(embedders), store, settings,
                                                     f"photos-{decoder}", workers)
                     finally:
-                        for emb in embedders.values():
-                            emb.decoder = "worker"
+                        for k, emb in embedders.items():
+                            emb.decoder = own[k]
                     row(f"{args.photo_size} photos, one pass, --decode {decoder}: im/s", "all",
                         f"{rates[decoder]['rate']:,.0f} (busy {rates[decoder]['busy']:.0%}; "
                         f"{rates[decoder]['wall']:.1f} s)")

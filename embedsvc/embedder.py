@@ -29,7 +29,7 @@ from torch import nn
 
 import embedsvc.models  # noqa: F401  (registers GResNet with timm)
 from embedsvc import __version__
-from embedsvc.core.config import Settings, get_settings
+from embedsvc.core.config import Decoder, Settings, get_settings
 from embedsvc.core.errors import EmbedsvcError
 from embedsvc.models import transforms
 from embedsvc.models.checkpoints import CheckpointError, create_with_weights, load_weights
@@ -135,7 +135,7 @@ class Embedder:
     #: the preprocessing path of the vectors this embedder writes (settings ``preprocess``); queries follow the index's
     preprocess_path: transforms.PreprocessPath = transforms.DEFAULT_PREPROCESS
     #: where an index run decodes for it (settings ``decode``): the read stage's workers, or its device
-    decoder: str = "worker"
+    decoder: Decoder = "worker"
 
     def __post_init__(self) -> None:
         self.transform = transforms.eval_transform(self.data_config)

@@ -148,6 +148,11 @@ def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
     return img
 
 
+def _upright_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    """The file's size once its EXIF ``orientation`` is applied (5-8 swap the axes)."""
+    return (height, width) if orientation in _SWAPS_AXES else (width, height)
+
+
 def _orientation(img: Image.Image) -> int:
     """The EXIF orientation (1-8); 1 where there is none or the EXIF block is malformed."""
     try:
@@ -181,8 +186,7 @@ def probe_image(data: bytes, *, name: str | None = None, max_pixels: int = DEFAU
     with _decode_errors(name):
         img = _open_checked(data, name, max_pixels)
     orientation = _orientation(img)
-    width, height = img.size
-    full_w, full_h = (height, width) if orientation in _SWAPS_AXES else (width, height)
+    full_w, full_h = _upright_size(*img.size, orientation)
     return ImageProbe(
         source_format=img.format or "unknown", mode=img.mode, width=full_w, height=full_h, orientation=orientation,
         complete=data.endswith(b"\xff\xd9"),
@@ -229,7 +233,7 @@ def decode_image(
     rgb = _to_rgb(upright)
     if min_short_side and _reduce_factor(rgb.size, min_short_side) >= 2:  # formats without DCT scaling
         rgb = rgb.reduce(_reduce_factor(rgb.size, min_short_side))
-    full_w, full_h = (height, width) if orientation in _SWAPS_AXES else (width, height)
+    full_w, full_h = _upright_size(width, height, orientation)
     return DecodedImage(image=rgb, width=full_w, height=full_h, source_format=fmt)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from embedsvc.core.config import Decoder
 from embedsvc.embedder import Embedder
 from embedsvc.indexer.reader import ReadBatch
 from embedsvc.models.transforms import decode_short_side
@@ -56,7 +57,7 @@ def transforms_of(embedders: Mapping[str, Embedder]) -> dict[str, object]:
     return out
 
 
-def decoder_of(embedders: Mapping[str, Embedder]) -> str:
+def decoder_of(embedders: Mapping[str, Embedder]) -> Decoder:
     """Where the run decodes (settings ``decode``, via each embedder): ``device`` only when every model says so."""
     decoders = {getattr(emb, "decoder", "worker") for emb in embedders.values()}
     return "device" if decoders == {"device"} else "worker"

@@ -20,11 +20,12 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from embedsvc.core.config import Decoder
 from embedsvc.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, probe_image
 from embedsvc.indexer.listing import EntryRefused, read_regular_file
 from embedsvc.models.transforms import FastEvalTransform, decode_short_side, to_uint8_tensor
@@ -33,8 +34,6 @@ from embedsvc.paths import stored_rel_path
 log = logging.getLogger(__name__)
 
 Transform = Callable[[Any], torch.Tensor]
-#: where a run's images are decoded (settings ``decode``): DataLoader workers, or the models' device
-Decoder = Literal["worker", "device"]
 #: None: the model preprocesses the shared uint8 image itself, on its device (see the module docstring)
 ModelTransform = Transform | FastEvalTransform | None
 

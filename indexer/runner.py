@@ -183,7 +183,7 @@ def run_index(
     dataset = ImageReadDataset(
         source.root, [it.rel_path for it in plan.items], plan.ids, transforms_of(embedders), plan.reusable,
         max_pixels=settings.max_image_pixels, decode_short_side=decode_short_side_of(embedders),
-        decoder=decoder_of(embedders),  # type: ignore[arg-type]
+        decoder=decoder_of(embedders),
     )
     pin = any(getattr(e, "device", None) is not None and e.device.type == "cuda" for e in embedders.values())
     loader = make_loader(dataset, batch_size=batch_size, workers=max(0, workers), pin_memory=pin)

@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 _SERVER_SCHEMES = ("http", "https", "tcp", "grpc", "unix")
 
 
+#: where indexing decodes images (``Settings.decode``): the DataLoader workers, or the models' device
+Decoder = Literal["worker", "device"]
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EMBEDSVC_", env_file=".env", env_ignore_empty=True, extra="ignore", populate_by_name=True
@@ -116,7 +119,7 @@ class Settings(BaseSettings):
         "normalise as tensor ops on its device) or exact (timm's PIL transform). Recorded per index; queries "
         "always use the path their index recorded.",
     )
-    decode: Literal["worker", "device"] = Field(
+    decode: Decoder = Field(
         default="worker",
         description="Where indexing decodes images (fast path): worker (DataLoader workers, reduced-size JPEG "
         "decode) or device (plain JPEGs decoded in full where the models run: nvJPEG on CUDA; other files in the "

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torchvision import transforms as T
 from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
 
+from embedsvc.core.config import Decoder
 from embedsvc.manifest import UNRECORDED_PREPROCESS_PATH
 
 PreprocessPath = Literal["fast", "exact"]
@@ -334,7 +335,7 @@ def describe(
     data_config: dict[str, Any],
     path: PreprocessPath = STORED_DEFAULT_PATH,
     decode_short_side: int | None = None,
-    decoder: str = "worker",
+    decoder: Decoder = "worker",
 ) -> dict[str, Any]:
     """JSON-safe preprocessing record stored in manifests.
 
