@@ -49,7 +49,6 @@ from embedsvc.embedder import Embedder, load_embedder  # noqa: E402
 from embedsvc.images import decode_image  # noqa: E402
 from embedsvc.indexer.folder import folder_source  # noqa: E402
 from embedsvc.indexer.runner import run_index  # noqa: E402
-from embedsvc.models.precision import resolve_precision  # noqa: E402
 from embedsvc.store import Store  # noqa: E402
 
 SAMPLE_PHOTOS = REPO / "embedsvc" / "sample_photos"
@@ -108,11 +107,11 @@ def peak_rss_mib() -> tuple[float, float]:
 CONFIGS = {"today": ("exact", "fp32"), "fp32": ("fast", "fp32"), "new": ("fast", "auto")}
 
 
-def configure(embedders: dict[str, Embedder], config: str) -> dict[str, Embedder]:
-    """The same loaded models (weights shared) with ``config``'s preprocessing path and resolved precision."""
+def configure(loaded: dict[str, dict[str, Embedder]], config: str) -> dict[str, Embedder]:
+    """The models loaded in ``config``'s precision (a low precision stores its weights cast) with its
+    preprocessing path."""
     path, precision = CONFIGS[config]
-    return {k: dataclasses.replace(e, preprocess_path=path, precision=resolve_precision(precision, e.device))
-            for k, e in embedders.items()}
+    return {k: dataclasses.replace(e, preprocess_path=path) for k, e in loaded[precision].items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,8 +152,13 @@ def main(argv: list[str] | None = None) -> int:
             make_images(folder, args.images, (w, h))
         source = folder_source(folder, limit=args.images)
         n = len(source.items)
-        loaded = {key: load_embedder(key, settings=settings) for key in args.models or settings.model_keys()}
-        variants = {c: configure(loaded, c) for c in args.configs}
+        keys = args.models or settings.model_keys()
+        by_precision = {
+            precision: {key: load_embedder(key, settings=settings, precision=precision) for key in keys}
+            for precision in dict.fromkeys(CONFIGS[c][1] for c in args.configs)
+        }
+        loaded = next(iter(by_precision.values()))
+        variants = {c: configure(by_precision, c) for c in args.configs}
         hw = torch.cuda.get_device_name() if device.startswith("cuda") else f"{torch.get_num_threads()} threads"
         origin = str(folder) if args.folder else f"{args.image_size} JPEGs made from the sample photos"
         say(f"device {device} ({hw}), torch {torch.__version__}, batch {args.batch_size}, workers {args.workers}, "

@@ -34,7 +34,7 @@ from embedsvc.core.errors import EmbedsvcError
 from embedsvc.models import transforms
 from embedsvc.models.checkpoints import CheckpointError, create_with_weights, load_weights
 from embedsvc.models.download import ResolvedWeights
-from embedsvc.models.precision import autocast, resolve_precision
+from embedsvc.models.precision import autocast, cast_autocast_weights, check_weights_fit, resolve_precision
 from embedsvc.models.registry import EmbedderSpec, get_spec
 from embedsvc.models.weights import Provenance, WeightsNotFoundError, resolve_weights_file, verified_sha256, with_advice
 
@@ -138,6 +138,7 @@ class Embedder:
     decoder: Decoder = "worker"
 
     def __post_init__(self) -> None:
+        check_weights_fit(self.model, self.precision)
         self.transform = transforms.eval_transform(self.data_config)
         self.fast_transform = transforms.fast_transform(self.data_config)
         self.dim = int(self.model.num_features)
@@ -350,6 +351,7 @@ def load_embedder(
     if torch_device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
     model = model.to(torch_device, memory_format=torch.channels_last)
+    cast_autocast_weights(model, resolved_precision)
     normalize = settings.normalize if normalize is None else normalize
     embedder = Embedder(spec, model, provenance, data_config, torch_device, normalize, resolved_precision)
     embedder.preprocess_path = settings.preprocess  # the path of the vectors it writes (queries follow their index)
@@ -364,8 +366,12 @@ def load_embedder(
 def compile_forward(embedder: Embedder) -> None:
     """``torch.compile`` the embedder's forward and compile it now, so a machine that cannot compile fails at
     load with one clear line instead of at the first batch or query: one graph with a dynamic batch dimension
-    (every batch of 2 or more) and one for a single image (torch specialises size 1; a query's batch)."""
-    compiled = torch.compile(embedder.forward_fn)
+    (every batch of 2 or more) and one for a single image (torch specialises size 1; a query's batch).
+
+    On CPU inductor also *freezes* the weights (folds them into the graph as constants, prepacked for oneDNN):
+    measured here, a batch-1 bf16 forward is 1.3-1.9x faster frozen, and only 1.05x compiled without it."""
+    options = {"freezing": True} if embedder.device.type == "cpu" else None
+    compiled = torch.compile(embedder.forward_fn, options=options)
     _, height, width = embedder.data_config["input_size"]
     try:
         for n in (2, 1):

@@ -96,6 +96,29 @@ def test_bf16_agrees_with_fp32(tmp_path: Path, key: str) -> None:
     assert not np.array_equal(a, b)  # bf16 really ran (else the comparison proves nothing)
 
 
+@pytest.mark.parametrize("key", ["gresnet50", "convnext_tiny", "deit3_small"])
+def test_weights_cast_once_give_autocasts_own_vectors(tmp_path: Path, key: str) -> None:
+    """A bf16 embedder keeps its conv/linear weights in bf16 (not re-cast every forward), norms in float32, and
+    gives exactly the vectors autocast gives from the float32 weights."""
+    settings = make_settings(tmp_path)
+    bf16 = load_embedder(key, settings=settings, precision="bf16")
+    modules = list(bf16.model.modules())
+    assert {m.weight.dtype for m in modules if type(m) in (torch.nn.Conv2d, torch.nn.Linear)} == {torch.bfloat16}
+    norms = [m for m in modules if isinstance(m, torch.nn.LayerNorm)]  # autocast runs norms in float32
+    assert all(m.weight.dtype == torch.float32 for m in norms) and (norms or key == "gresnet50")  # GResNet: folded
+    autocast_only = dataclasses.replace(
+        load_embedder(key, settings=settings, precision="fp32"), precision="bf16"
+    )  # float32 weights, cast by autocast at every call
+    x = torch.rand(3, 3, 64, 64)
+    np.testing.assert_array_equal(bf16.embed(x), autocast_only.embed(x))
+
+
+def test_weights_cast_for_bf16_refuse_fp32_at_once(tmp_path: Path) -> None:
+    bf16 = load_embedder("convnext_tiny", settings=make_settings(tmp_path), precision="bf16")
+    with pytest.raises(ValueError, match="cast to bfloat16; load it again to run it in fp32"):
+        dataclasses.replace(bf16, precision="fp32")
+
+
 # -- recorded, shown, never refuses -------------------------------------------------------------------
 def _index(store: Store, settings, root: Path, precision: str):
     from embedsvc.indexer.folder import folder_source
