@@ -79,7 +79,10 @@ PRECISION = Annotated[
 ]
 COMPILE = Annotated[
     bool | None,
-    typer.Option("--compile/--no-compile", help="torch.compile each model's forward at load (default: off)."),
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile at load (default auto: serve compiles CPU models later).",
+    ),
 ]
 
 

@@ -24,7 +24,7 @@ from embedsvc.api.main import api_router
 from embedsvc.api.middleware import BodySizeLimit, RequestIdMiddleware, RequestMetrics
 from embedsvc.api.schemas import ErrorResponse
 from embedsvc.core.config import Settings, get_settings
-from embedsvc.embedder import Embedder
+from embedsvc.embedder import BackgroundCompiler, Embedder, compile_later
 from embedsvc.jobs import JobManager
 from embedsvc.metrics import Metrics
 from embedsvc.search import SearchEngine, StoreHolder
@@ -91,6 +91,7 @@ def build_state(
     engine = SearchEngine(store=holder, embedders=embedders, settings=settings, observer=metrics.observe_stage)
     jobs = JobManager(store=holder, embedders=embedders, settings=settings, metrics=metrics)
     thumbnails = ThumbnailCache(settings.data_dir / "thumbnails", max_pixels=settings.max_image_pixels)
+    compiler = BackgroundCompiler(compile_later(settings, embedders)).start()
     return AppState(
         settings=settings,
         store=holder,
@@ -99,6 +100,7 @@ def build_state(
         jobs=jobs,
         thumbnails=thumbnails,
         metrics=metrics,
+        compiler=compiler,
     )
 
 
@@ -133,6 +135,8 @@ def create_app(
         try:
             yield
         finally:
+            if state.compiler is not None:
+                state.compiler.stop()
             await run_in_threadpool(state.jobs.shutdown)
             await run_in_threadpool(state.engine.close)
             await run_in_threadpool(state.store.close)

@@ -19,6 +19,9 @@ os.environ.pop("HF_HUB_OFFLINE", None)
 # `auto` is bf16 on CPUs with bf16 units: pin fp32 here (CLI subprocesses inherit it). bf16 and `auto` have their
 # own tests (tests/models/test_precision.py), which set the precision they test.
 os.environ["EMBEDSVC_PRECISION"] = "fp32"
+# `auto` compiles a service's CPU models in the background (~1 min of both cores per app): off for the suite; the
+# background compile has its own tests (tests/api/test_background_compile.py).
+os.environ["EMBEDSVC_COMPILE"] = "off"
 
 
 # -- Milvus -------------------------------------------------------------------------------------

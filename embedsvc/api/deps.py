@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from embedsvc.api.errors import UnauthorizedError
 from embedsvc.core.config import Settings
-from embedsvc.embedder import Embedder
+from embedsvc.embedder import BackgroundCompiler, Embedder
 from embedsvc.jobs import JobManager
 from embedsvc.metrics import Metrics
 from embedsvc.search import SearchEngine, StoreHolder
@@ -38,6 +38,8 @@ class AppState:
     jobs: JobManager
     thumbnails: ThumbnailCache
     metrics: Metrics
+    #: compiles the CPU models after start-up under ``compile=auto`` (``embedsvc.embedder.compile_later``)
+    compiler: BackgroundCompiler | None = None
 
 
 def get_state(request: Request) -> AppState:

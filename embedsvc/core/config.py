@@ -18,6 +18,9 @@ _SERVER_SCHEMES = ("http", "https", "tcp", "grpc", "unix")
 
 #: where indexing decodes images (``Settings.decode``): the DataLoader workers, or the models' device
 Decoder = Literal["worker", "device"]
+#: when models' forwards go through ``torch.compile`` (``Settings.compile``): see ``embedsvc.embedder.compile_later``
+CompileMode = Literal["auto", "on", "off"]
+_BOOL_WORDS = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -110,8 +113,12 @@ class Settings(BaseSettings):
         description="Forward precision: auto (bf16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else fp32), "
         "fp32, bf16, fp16 (CUDA only). Vectors are float32 either way; recorded per index.",
     )
-    compile: bool = Field(
-        default=False, description="torch.compile each model's forward (compiled once at load; off unless measured)."
+    compile: CompileMode = Field(
+        default="auto",
+        description="torch.compile each model's forward: on (at load, before anything runs; a failure stops the "
+        "command), off, or auto (the service compiles its CPU models in the background after start-up and swaps "
+        "each in when ready, staying eager if compiling fails; batch commands do not compile). true/false mean "
+        "on/off.",
     )
     preprocess: Literal["fast", "exact"] = Field(
         default="fast",
@@ -201,6 +208,17 @@ class Settings(BaseSettings):
     def _lower_preprocess(cls, value: object) -> object:
         """``FAST`` and `` fast `` mean fast (the allowed values are checked by the type)."""
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_words(cls, value: object) -> object:
+        """``true``/``false`` (and booleans: the ``--compile/--no-compile`` flags) mean on/off."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str):
+            text = value.strip().lower()
+            return _BOOL_WORDS.get(text, text)
+        return value
 
     @field_validator("precision", mode="before")
     @classmethod

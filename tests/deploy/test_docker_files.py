@@ -415,6 +415,8 @@ def test_runtime_settings_match_the_compose_mounts(kind):
     assert env["EMBEDSVC_HOST"] == "0.0.0.0" and env["EMBEDSVC_PORT"] == "8000"
     assert env["EMBEDSVC_DATA_DIR"] == "/var/lib/embedsvc" and env["EMBEDSVC_CACHE_DIR"] == "/cache"
     assert env["WEB_CONCURRENCY"] == "1"
+    if kind == "cpu":  # no C++ compiler in the slim runtime: `auto` would spend minutes failing to compile
+        assert env["EMBEDSVC_COMPILE"] == "off"
     # The mount points exist in the image and belong to the user, so new named volumes inherit that.
     assert "chown embedsvc:embedsvc /var/lib/embedsvc /cache" in run_text(final_stage(kind))
 
