@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from embedsvc.manifest import (
@@ -31,6 +32,33 @@ MANIFESTS = "embedsvc_manifests"
 MAX_TOPK = 16384  # Milvus limit for k, for a query limit and for offset + limit
 #: Fields that must match between an existing index and new vectors (the rule: ``embedsvc.manifest``).
 COMPAT_FIELDS = VECTOR_FIELDS
+#: How long a new collection's FLAT index may take to be ready (it has no rows: on Lite and a server it is at once).
+INDEX_READY_TIMEOUT_S = 60.0
+
+
+def create_flat_collection(c: Any, name: str, schema: Any, **kw: Any) -> None:
+    """Create ``name`` with a FLAT/L2 index on ``vector``; return once the index is ready."""
+    c.create_collection(name, schema=schema, consistency_level="Strong", **kw)
+    ensure_flat_index(c, name, **kw)
+
+
+def ensure_flat_index(c: Any, name: str, **kw: Any) -> None:
+    """Give ``name`` its FLAT/L2 ``vector`` index unless it has one (a run killed between creating a collection
+    and its index left it without), and wait until the index is ready.
+
+    pymilvus's own wait (``create_collection(index_params=...)``) sleeps 0.5 s before its first look, which was
+    1.5 s of every three-model index run's start; this polls from 5 ms.
+    """
+    if not c.list_indexes(name, field_name="vector", **kw):
+        params = c.prepare_index_params()
+        params.add_index("vector", index_type="FLAT", metric_type="L2")
+        c.create_index(name, params, sync=False, **kw)
+    delay, deadline = 0.005, time.monotonic() + INDEX_READY_TIMEOUT_S
+    while (state := c.describe_index(name, "vector", **kw).get("state")) != "Finished":
+        if state == "Failed" or time.monotonic() > deadline:
+            raise StoreError(f"the vector index of {name} is not ready (state {state})")
+        time.sleep(delay)
+        delay = min(2 * delay, 0.5)
 
 
 class Catalog(Connection):
@@ -48,6 +76,7 @@ class Catalog(Connection):
 
         def create(c: MilvusClient, **kw: Any) -> None:
             if c.has_collection(MANIFESTS, **kw):
+                ensure_flat_index(c, MANIFESTS, **kw)
                 return
             schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("name", DataType.VARCHAR, is_primary=True, max_length=255)
@@ -55,9 +84,7 @@ class Catalog(Connection):
             schema.add_field("model_key", DataType.VARCHAR, max_length=2048)
             schema.add_field("manifest", DataType.VARCHAR, max_length=65535)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)  # Milvus requires one vector field
-            params = c.prepare_index_params()
-            params.add_index("vector", index_type="FLAT", metric_type="L2")
-            c.create_collection(MANIFESTS, schema=schema, index_params=params, consistency_level="Strong", **kw)
+            create_flat_collection(c, MANIFESTS, schema, **kw)
 
         self._call("creating the manifest collection", create)
         self._ensure_loaded(MANIFESTS)
@@ -170,6 +197,7 @@ class Catalog(Connection):
                     raise ManifestMismatchError(
                         f"collection {name} exists with dim {have}, manifest says {dim}", ["dim"]
                     )
+                ensure_flat_index(c, name, **kw)
                 return
             schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
@@ -180,9 +208,7 @@ class Catalog(Connection):
             schema.add_field("label_name", DataType.VARCHAR, max_length=MAXLEN["label_name"])
             schema.add_field("width", DataType.INT64)
             schema.add_field("height", DataType.INT64)
-            params = c.prepare_index_params()
-            params.add_index("vector", index_type="FLAT", metric_type="L2")
-            c.create_collection(name, schema=schema, index_params=params, consistency_level="Strong", **kw)
+            create_flat_collection(c, name, schema, **kw)
             log.info("Created collection %s (dim %d, FLAT/L2)", name, dim)
 
         self._call(f"creating {name}", create)

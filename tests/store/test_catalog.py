@@ -31,6 +31,25 @@ def test_manifest_mismatch_names_each_field(store: Store, index: str) -> None:
     assert store.get_manifest(index, "m")["dim"] == DIM  # nothing was overwritten
 
 
+def test_collection_left_without_its_index_is_repaired(store: Store, index: str) -> None:
+    """A run killed between creating a collection and its index: the next run adds the index and indexes on."""
+    store.ensure_collection(index, "m", manifest())
+    name = store.collection_name(index, "m")
+    client = store._client
+    client.release_collection(name)
+    client.drop_index(name, "vector")
+    assert client.list_indexes(name) == []
+    store._loaded.discard(name)
+
+    store.ensure_collection(index, "m", manifest())
+    assert client.describe_index(name, "vector")["index_type"] == "FLAT"
+    rows = make_rows(index, n=20)
+    store.upsert(index, "m", rows)
+    store.flush(index, "m")
+    hits = store.search(index, "m", rows[3]["vector"], k=1)
+    assert hits[0][0].rel_path == rows[3]["rel_path"]
+
+
 def test_list_indexes_models_update_and_drop(store: Store, index: str) -> None:
     store.ensure_collection(index, "m", manifest())
     store.ensure_collection(index, "other", manifest(dim=8, model_name="other.v1"))
