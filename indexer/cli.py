@@ -59,7 +59,9 @@ SHARD = Annotated[
 BATCH = Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per forward pass (default: settings).")]
 WORKERS = Annotated[
     int | None,
-    typer.Option("--workers", min=0, help="Processes that decode ahead (0: none). Default: 2 on CPU, more on CUDA."),
+    typer.Option(
+        "--workers", min=0, help="Processes that decode ahead (default: 0 on 1-2 CPU cores, else 2; more on CUDA)."
+    ),
 ]
 BULK_THRESHOLD = Annotated[
     int | None,
@@ -139,12 +141,21 @@ def register(app: typer.Typer) -> None:
     app.add_typer(index_app, name="index")
 
 
+#: CPU runs on at most this many usable cores decode inline by default (``default_workers``)
+INLINE_DECODE_MAX_CORES = 2
+
+
 def default_workers(settings: Settings) -> int:
-    """CPU: the models use every core, decode is ~2% of the work, 2 workers keep ahead. CUDA: decode is the
-    bottleneck, so use most cores."""
+    """Decode workers when ``--workers`` is not given.
+
+    CUDA: decode is the bottleneck, so use most cores. CPU: the models' threads use every core; on a machine of up
+    to ``INLINE_DECODE_MAX_CORES`` cores a worker beside them slows their forwards by more than the decode it takes
+    off them (bench/index_throughput.py, 2 cores, bf16: e2e / one-pass forward-only highest with none), so images
+    decode inline; a larger machine keeps 2 workers ahead.
+    """
     if settings.resolved_device().startswith("cuda"):
         return max(2, min(16, (os.cpu_count() or 4) - 2))
-    return 2
+    return 0 if len(os.sched_getaffinity(0)) <= INLINE_DECODE_MAX_CORES else 2
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:

@@ -168,3 +168,14 @@ def test_cli_errors_are_one_line(tmp_path: Path, cli_env, monkeypatch: pytest.Mo
 
     result = invoke(["index", "imagenet-val", str(root), *data])
     assert result.exit_code == 1 and "error: no ImageNet val images" in result.stderr
+
+
+def test_default_workers_decode_inline_on_small_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU models on 1-2 usable cores decode inline (a worker beside the forwards slows them); more cores: 2."""
+    from embedsvc.core.config import Settings
+    from embedsvc.indexer.cli import default_workers
+
+    cpu = Settings(data_dir=tmp_path, device="cpu")
+    for cores, expected in [(1, 0), (2, 0), (3, 2), (16, 2)]:
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert default_workers(cpu) == expected, cores
