@@ -96,6 +96,11 @@ def forward_only(emb: Embedder, batch: torch.Tensor, batches: int, warmup: bool)
     return batches * batch.shape[0] / (time.perf_counter() - start)
 
 
+def combined_rate(rates: dict[str, float]) -> float:
+    """Images/s of all models on one image stream from each model's own rate: 1 / sum 1/rate."""
+    return 1.0 / sum(1.0 / v for v in rates.values())
+
+
 def one_pass(embedders: dict[str, Embedder], batches: dict[str, torch.Tensor], rounds: int) -> float:
     """Images/s of every model on each batch in turn (the pipeline's order), on in-memory batches."""
     start = time.perf_counter()
@@ -203,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                     pass_r = one_pass(embedders, batches, args.fwd_batches)
                     fwd_rounds[config].append(fwd_r)
                     pass_rounds[config].append(pass_r)
+                    combined_r = combined_rate(fwd_r)
                     for w in workers:
                         name = f"bench-{config}-w{w}-{r}"
                         summary = run_index(source, index_name=name, embedders=embedders, store=store,
@@ -214,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
                         e2e_rounds[config, w].append(e2e)
                         busy_rounds[config, w].append(sum(summary.extra["compute_s"].values()) / summary.wall_s)
                         pipe_rounds[config, w].append({k: c.images_per_s for k, c in summary.per_model.items()})
-                        combined_r = 1.0 / sum(1.0 / v for v in fwd_r.values())
                         say(f"round {r + 1} {label[config, w]:>8}: forward-only {combined_r:.3f} im/s, 1-pass "
                             f"{pass_r:.3f} im/s, e2e {e2e:.3f} im/s ({n} images in {summary.wall_s:.1f} s), "
                             f"e2e/1-pass {e2e / pass_r:.3f}, load avg {os.getloadavg()[0]:.1f}")
@@ -231,11 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{'config':<10} {'fwd im/s':>9} {'1-pass im/s':>12} {'e2e im/s':>9} {'e2e/fwd':>8} {'e2e/1-pass':>11} "
             f"{'busy':>6} {'e2e vs today':>13}")
         for config, w in runs:
-            fwd = {k: med(fr[k] for fr in fwd_rounds[config]) for k in loaded}
-            combined = 1.0 / sum(1.0 / v for v in fwd.values())
+            combined = combined_rate({k: med(fr[k] for fr in fwd_rounds[config]) for k in loaded})
             e2e_r = e2e_rounds[config, w]
-            ratios = [e / (1.0 / sum(1.0 / v for v in fr.values())) for e, fr in zip(e2e_r, fwd_rounds[config],
-                                                                                      strict=True)]
+            ratios = [e / combined_rate(fr) for e, fr in zip(e2e_r, fwd_rounds[config], strict=True)]
             pass_ratios = [e / p for e, p in zip(e2e_r, pass_rounds[config], strict=True)]
             today = e2e_rounds.get(("today", w))  # today's path with the same workers
             vs = f"{med(e2e_r) / med(today):.2f}x" if today else "-"
